@@ -1,0 +1,232 @@
+"""Typed, frozen configuration for every stage of the recipe.
+
+A preset (`configs/*.py`) is a Python file whose `get_config()` returns a
+`Config`. Command lines change it with `--set section.field=value`; unknown
+keys and values of the wrong type are refused with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import types
+import typing
+from dataclasses import dataclass, field
+
+from e5jax.errors import E5Error
+
+# Logical axis -> mesh axes. Model code names only logical axes; a preset can
+# replace this table to shard differently (e.g. no tensor parallelism).
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", ("data", "fsdp")),  # examples split over data- and fsdp-parallel devices
+    ("length", ()),  # sequence positions are never split
+    ("embed", ("fsdp",)),  # hidden dim of weights: ZeRO-3 style sharding
+    ("mlp", ("tensor",)),  # feed-forward inner dim: tensor parallel
+    ("heads", ("tensor",)),  # attention heads: tensor parallel
+    ("kv", ()),  # per-head dim
+    ("vocab", ("tensor",)),  # embedding table rows
+    ("act_embed", ()),  # hidden dim of activations: replicated
+    ("norm", ()),  # LayerNorm scales / biases: tiny, replicated
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    init: str = ""  # HF folder or e5jax export to start from; "" = random init from `arch`
+    arch: str = ""  # JSON file (HF config.json) for a scratch model; used when init == ""
+    tokenizer: str = ""  # tokenizer folder; "" = the init folder
+    pooling: str = "mean"  # "mean" (E5) or "cls"
+    normalize: bool = True  # L2-normalise embeddings (cosine similarity)
+    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (params stay fp32)
+    remat: bool = False  # rematerialise each layer in the backward pass (saves memory)
+    dropout: float = -1.0  # override hidden/attention dropout; < 0 keeps the checkpoint's
+
+    def __post_init__(self):
+        if self.pooling not in ("mean", "cls"):
+            raise E5Error(f"model.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise E5Error(f"model.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str = ""  # TFDS data dir (local path or gs://)
+    name: str = ""  # TFDS dataset name (as given to `e5jax build --name`)
+    split: str = "train"  # split to train on
+    eval_split: str = "heldout"  # split for held-out metrics
+    query_prefix: str = "query: "  # E5 breaks the shared encoder's symmetry with prefixes
+    passage_prefix: str = "passage: "
+    max_query_length: int = 128  # tokens, prefix included
+    max_passage_length: int = 128
+    num_buckets: int = 4  # pad to one of this many lengths up to the max (few compiled shapes)
+    num_hard_negatives: int = 0  # hard negatives per query (fine-tuning); 0 = in-batch only
+    one_source_per_batch: bool = False  # draw each batch from a single source
+    shuffle_seed: int = 0  # deterministic shuffle (same seed -> same batches)
+    worker_count: int = 0  # grain workers; 0 = threads in-process (fastest on small CPUs)
+
+    def __post_init__(self):
+        if self.max_query_length < 8 or self.max_passage_length < 8:
+            raise E5Error("data.max_query_length / max_passage_length must be >= 8")
+        if self.num_buckets < 1:
+            raise E5Error("data.num_buckets must be >= 1")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # data-parallel size; -1 = all devices left over
+    fsdp: int = 1  # parameter-sharding (ZeRO-3) size
+    tensor: int = 1  # tensor-parallel size
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES  # logical -> mesh axes
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 2e-5  # peak LR after warm-up
+    warmup_steps: int = 100  # linear warm-up from 0
+    end_learning_rate: float = 0.0  # linear decay target at the last step
+    weight_decay: float = 0.01  # AdamW; not applied to biases and LayerNorm
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 0.0  # global-norm clipping; 0 = off
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    temperature: float = 0.01  # InfoNCE tau (paper: 0.01); logits in fp32
+    mask_duplicates: bool = True  # identical passages in the batch are not negatives
+    kd_weight: float = 0.0  # weight of KL(teacher || student); > 0 needs teacher_scores
+    infonce_weight: float = 1.0  # alpha in KL + alpha * InfoNCE
+    teacher_temperature: float = 1.0  # divides teacher scores before the softmax
+    block_size: int = 0  # rows of the logit matrix per block (0 = whole); bounds memory
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32  # GLOBAL batch (pairs) across all devices and hosts
+    steps: int = 1000  # total optimizer steps
+    grad_cache_chunk: int = 0  # gradient caching: examples per chunk; 0 = plain step
+    seed: int = 0  # parameter init + dropout RNG
+    checkpoint_every: int = 500  # orbax save interval (also saved at the end)
+    keep_checkpoints: int = 3  # how many checkpoints to keep
+    log_every: int = 10  # progress line / JSONL / TensorBoard interval
+    eval_every: int = 0  # held-out in-batch accuracy interval; 0 = only at the end
+    eval_batches: int = 4  # held-out batches per evaluation
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.train.grad_cache_chunk and self.train.batch_size % self.train.grad_cache_chunk:
+            raise E5Error(
+                f"train.batch_size={self.train.batch_size} is not divisible by "
+                f"train.grad_cache_chunk={self.train.grad_cache_chunk}; change one of them"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def laptop(cfg: Config, *, batch_size: int = 16, steps: int = 20) -> Config:
+    """Shrink any preset to a smoke run that finishes on a laptop CPU."""
+    return replace(
+        cfg,
+        **{
+            "train.batch_size": batch_size,
+            "train.steps": steps,
+            "train.checkpoint_every": max(1, steps // 2),
+            "train.log_every": 1,
+            "train.grad_cache_chunk": 0,
+            "optim.warmup_steps": max(1, steps // 10),
+            "data.max_query_length": min(cfg.data.max_query_length, 64),
+            "data.max_passage_length": min(cfg.data.max_passage_length, 64),
+            "mesh.data": -1,
+            "mesh.fsdp": 1,
+            "mesh.tensor": 1,
+        },
+    )
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _coerce(key: str, raw, typ):
+    """Turn a --set value (a string, or already typed) into `typ` or fail naming the key."""
+    origin = typing.get_origin(typ)
+    if isinstance(raw, str) and typ is not str:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            if typ is bool and raw.lower() in ("true", "false"):
+                value = raw.lower() == "true"
+            else:
+                raise E5Error(f"--set {key}={raw!r}: cannot parse as {getattr(typ, '__name__', typ)}")
+    else:
+        value = raw
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if origin is tuple or typ is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise E5Error(f"--set {key}: expected a list, got {raw!r}")
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if isinstance(typ, type) and not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise E5Error(f"--set {key}={raw!r}: expected {typ.__name__}, got {type(value).__name__}")
+    return value
+
+
+def replace(cfg: Config, **updates) -> Config:
+    """`replace(cfg, **{"train.steps": 10})` — dotted keys, type-checked."""
+    sections: dict[str, dict] = {}
+    for key, raw in updates.items():
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in {f.name for f in dataclasses.fields(Config)}:
+            raise E5Error(
+                f"unknown config key {key!r}; use section.field with section one of "
+                f"{', '.join(f.name for f in dataclasses.fields(Config))}"
+            )
+        section, name = parts
+        sub = getattr(cfg, section)
+        hints = typing.get_type_hints(type(sub))
+        if name not in hints:
+            raise E5Error(f"unknown config key {key!r}; {section} has {', '.join(hints)}")
+        sections.setdefault(section, {})[name] = _coerce(key, raw, hints[name])
+    new = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
+    return dataclasses.replace(cfg, **new)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise E5Error(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=100")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def load_config(path: str | pathlib.Path, overrides: list[str] | None = None) -> Config:
+    """Import a preset file and apply `--set` overrides."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise E5Error(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"e5jax_preset_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as e:  # a preset with a syntax/runtime error
+        raise E5Error(f"config {path} failed to load: {type(e).__name__}: {e}") from e
+    if not isinstance(getattr(module, "get_config", None), types.FunctionType):
+        raise E5Error(f"config {path} must define get_config() -> e5jax.config.Config")
+    cfg = module.get_config()
+    if not isinstance(cfg, Config):
+        raise E5Error(f"config {path}: get_config() returned {type(cfg).__name__}, not Config")
+    return replace(cfg, **parse_overrides(overrides))
