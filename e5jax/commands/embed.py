@@ -1,0 +1,55 @@
+"""`e5jax embed`: one row per input text, float32, in input order."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from e5jax.errors import E5Error
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="HF folder or e5jax export")
+    p.add_argument("--input", required=True, help="text file (one text a line) or JSONL with a 'text' field")
+    p.add_argument("--output", required=True, help="output .npy file")
+    p.add_argument("--prefix", default="", help='prepended to every text, e.g. "query: "')
+    p.add_argument("--max-length", type=int, default=512, help="tokens, prefix included")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+
+
+def read_texts(path: pathlib.Path) -> list[str]:
+    if not path.is_file():
+        raise E5Error(f"input file not found: {path}")
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    lines = raw.splitlines()
+    if not raw.strip():
+        raise E5Error(f"input file {path} is empty; give one text a line or JSONL with a 'text' field")
+    if path.suffix in (".jsonl", ".ndjson") or lines[0].lstrip().startswith("{"):
+        texts = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                texts.append(str(rec["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise E5Error(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+        return texts
+    return lines
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from e5jax.model.encoder import Encoder
+
+    texts = read_texts(pathlib.Path(args.input))
+    enc = Encoder.from_pretrained(args.model, dtype=args.dtype)
+    emb = enc.encode(texts, prefix=args.prefix, max_length=args.max_length, batch_size=args.batch_size,
+                     show_progress=len(texts) > 4 * args.batch_size)
+    out = pathlib.Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, emb.astype(np.float32))
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} float32 embeddings to {out}")
+    return 0

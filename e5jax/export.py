@@ -1,0 +1,74 @@
+"""Write an e5jax encoder as a folder that the PyTorch world loads as is.
+
+`transformers.AutoModel.from_pretrained(dir)` and
+`sentence_transformers.SentenceTransformer(dir)` load it with no extra code:
+safetensors weights in HF names, `config.json`, the tokenizer, and the
+sentence-transformers modules (Transformer → mean/CLS Pooling → Normalize)
+with E5's prompts recorded as `{"query": "query: ", "passage": "passage: "}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+from e5jax.model import hf
+from e5jax.model.encoder import TextEncoder, encoder_params
+
+E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+def export(model: TextEncoder, tokenizer, out_dir: str | os.PathLike, *, max_seq_length: int = 512,
+           prompts: dict[str, str] | None = None) -> pathlib.Path:
+    """Export atomically: written to a temporary sibling folder, then renamed,
+    so a crash never leaves a half-written model where a good one was."""
+    from safetensors.numpy import save_file
+
+    out = pathlib.Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    cfg = model.bert.cfg
+    tensors = hf.params_to_hf(cfg, encoder_params(model))
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    hf_cfg = cfg.to_hf()
+    hf_cfg["torch_dtype"] = "float32"
+    (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    tokenizer.save_pretrained(str(tmp))
+
+    pooling = model.pooling
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if model.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (tmp / "2_Normalize").mkdir()
+    (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
+    (tmp / "1_Pooling").mkdir()
+    (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": cfg.hidden_size,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }, indent=2))
+    (tmp / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": min(max_seq_length, cfg.max_length), "do_lower_case": False}, indent=2))
+    (tmp / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": dict(E5_PROMPTS if prompts is None else prompts),
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }, indent=2))
+    (tmp / "e5jax.json").write_text(json.dumps({"pooling": pooling, "normalize": model.normalize}, indent=2))
+    if out.exists():
+        backup = out.with_name(out.name + ".old")
+        shutil.rmtree(backup, ignore_errors=True)
+        out.rename(backup)
+        tmp.rename(out)
+        shutil.rmtree(backup)
+    else:
+        tmp.rename(out)
+    return out

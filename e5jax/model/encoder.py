@@ -1,0 +1,238 @@
+"""Text encoder = BertModel + pooling (+ L2 norm), created sharded, and the
+user-facing `Encoder.from_pretrained(path).encode(texts, prefix=...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from e5jax.config import DEFAULT_RULES, MeshConfig
+from e5jax.errors import E5Error
+from e5jax.model import axes as ax
+from e5jax.model import hf
+from e5jax.model.bert import BertConfig, BertModel
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked mean over tokens (E5's pooling), in fp32."""
+    m = mask.astype(jnp.float32)[..., None]
+    return (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    # Same clamp as torch.nn.functional.normalize (eps=1e-12).
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class TextEncoder(nnx.Module):
+    """ids → one embedding per text. The shared tower E5 uses for queries and passages."""
+
+    def __init__(self, cfg: BertConfig, *, pooling: str = "mean", normalize: bool = True,
+                 dtype: str = "float32", remat: bool = False, with_pooler: bool = True, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, dtype=dtype, remat=remat, with_pooler=with_pooler, rngs=rngs)
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def __call__(self, input_ids, attention_mask, *, dropout_key=None) -> jax.Array:
+        hidden = self.bert(input_ids, attention_mask, dropout_key=dropout_key)
+        if self.pooling == "mean":
+            emb = mean_pool(hidden, attention_mask)
+        else:
+            emb = hidden[:, 0].astype(jnp.float32)
+        return l2_normalize(emb) if self.normalize else emb
+
+
+# ------------------------------------------------------------ construction
+
+
+def create_sharded(cfg: BertConfig, mesh: Mesh, rules=DEFAULT_RULES, *, seed: int = 0,
+                   params: dict[str, np.ndarray] | None = None, **kwargs) -> TextEncoder:
+    """Build a TextEncoder whose parameters are born sharded on `mesh`.
+
+    Random init runs under `jit(out_shardings=...)` so no device ever holds the
+    whole model; given `params` (host numpy, e.g. from a HF checkpoint) each
+    array is placed straight into its sharding.
+    """
+    abstract = nnx.eval_shape(lambda: TextEncoder(cfg, rngs=nnx.Rngs(seed), **kwargs))
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = ax.state_shardings(abs_state, mesh, rules)
+    if params is None:
+        @jax.jit
+        def init():
+            return nnx.state(TextEncoder(cfg, rngs=nnx.Rngs(seed), **kwargs))
+
+        state = jax.jit(init, out_shardings=shardings)()
+    else:
+        flat_sh = hf.flatten_state(shardings)
+        flat_abs = hf.flatten_state(abs_state)
+        values = {}
+        for path, var in flat_abs.items():
+            key = path.removeprefix("bert/")
+            if key not in params:
+                raise E5Error(f"no weights for {path}")
+            values[path] = jax.device_put(params[key], flat_sh[path])
+        state = jax.tree.map(lambda x: x, abs_state)
+        nnx.replace_by_pure_dict(state, _nest(values))
+    return nnx.merge(graphdef, state)
+
+
+def _nest(flat: dict[str, object]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        parts = path.split("/")
+        d = out
+        for p in parts[:-1]:
+            d = d.setdefault(int(p) if p.isdigit() else p, {})
+        d[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = v
+    return out
+
+
+def encoder_params(model: TextEncoder) -> dict[str, np.ndarray]:
+    """Host copy of the BertModel parameters, keyed by e5jax path (for export)."""
+    flat = hf.flatten_state(nnx.state(model.bert, nnx.Param))
+    return {k: np.asarray(jax.device_get(v[...])) for k, v in flat.items()}
+
+
+def read_pooling(folder: pathlib.Path) -> tuple[str, bool]:
+    """Pooling mode and normalisation as a sentence-transformers folder records them."""
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return "mean", True  # a plain HF folder: E5's convention
+    mods = json.loads(modules.read_text())
+    pooling, normalize = "mean", False
+    for m in mods:
+        if m["type"].endswith("Pooling"):
+            pc = json.loads((folder / m["path"] / "config.json").read_text())
+            if pc.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif pc.get("pooling_mode") == "cls":
+                pooling = "cls"
+        if m["type"].endswith("Normalize"):
+            normalize = True
+    return pooling, normalize
+
+
+def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, rules=DEFAULT_RULES,
+                    dtype: str = "float32", remat: bool = False, dropout: float = -1.0,
+                    pooling: str | None = None, normalize: bool | None = None) -> TextEncoder:
+    """A TextEncoder with the weights of a local HF / sentence-transformers / e5jax-export folder."""
+    folder = pathlib.Path(path)
+    cfg, _ = hf.read_config(folder)
+    if dropout >= 0:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    tensors = hf.read_tensors(folder)
+    p_mode, p_norm = read_pooling(folder)
+    pooling = pooling or p_mode
+    normalize = p_norm if normalize is None else normalize
+    mesh = mesh or ax.make_mesh(MeshConfig(), jax.devices()[:1])
+    kwargs = dict(pooling=pooling, normalize=normalize, dtype=dtype, remat=remat)
+    abstract = nnx.eval_shape(lambda: TextEncoder(cfg, rngs=nnx.Rngs(0), **kwargs))
+    shapes = {k.removeprefix("bert/"): tuple(v.shape) for k, v in hf.flatten_state(nnx.state(abstract)).items()}
+    params, _ = hf.hf_to_params(cfg, tensors, shapes)
+    with_pooler = "pooler/kernel" in params
+    return create_sharded(cfg, mesh, rules, params=params, with_pooler=with_pooler, **kwargs)
+
+
+def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:
+    """Powers of two from `smallest`, capped by (and ending at) `max_length`."""
+    out, n = [], smallest
+    while n < max_length:
+        out.append(n)
+        n *= 2
+    return out + [max_length]
+
+
+class Encoder:
+    """Embed texts with a pre-trained or e5jax-trained model.
+
+    >>> enc = Encoder.from_pretrained("path/to/folder")
+    >>> enc.encode(["how do I ...?"], prefix="query: ")   # float32 [n, dim]
+    """
+
+    def __init__(self, model: TextEncoder, tokenizer, *, name: str = "", mesh: Mesh | None = None,
+                 max_length: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.mesh = mesh
+        self.max_length = min(max_length or 512, model.bert.cfg.max_length)
+        self._graphdef, self._state = nnx.split(model)
+        graphdef = self._graphdef
+
+        @jax.jit
+        def forward(state, ids, mask):
+            return nnx.merge(graphdef, state)(ids, mask)
+
+        self._forward = forward
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None,
+                        **kwargs) -> "Encoder":
+        from transformers import AutoTokenizer
+
+        folder = pathlib.Path(path)
+        model = load_pretrained(folder, mesh=mesh, dtype=dtype, **kwargs)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+            raise E5Error(f"cannot load a tokenizer from {folder}: {type(e).__name__}: {e}") from e
+        return cls(model, tok, name=str(folder.resolve()), mesh=mesh)
+
+    @property
+    def dim(self) -> int:
+        return self.model.bert.cfg.hidden_size
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+        return enc["input_ids"]
+
+    def encode(self, texts: Sequence[str], prefix: str = "", *, max_length: int | None = None,
+               batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
+        """float32 [len(texts), dim] in input order.
+
+        Texts are sorted by length and padded to a few bucket lengths, and every
+        batch has `batch_size` rows, so a long run compiles a handful of shapes.
+        """
+        texts = [prefix + t for t in texts]
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        max_length = min(max_length or self.max_length, self.model.bert.cfg.max_length)
+        ids = self.tokenize(texts, max_length)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        buckets = bucket_lengths(max_length)
+        pad_id = self.tokenizer.pad_token_id or 0
+        data_shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        batch_size = -(-batch_size // data_shards) * data_shards
+        out = np.zeros((n, self.dim), np.float32)
+        show = n > 10 * batch_size if show_progress is None else show_progress
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not show):
+            idx = order[start:start + batch_size]
+            longest = max(len(ids[i]) for i in idx)
+            L = next(b for b in buckets if b >= longest)
+            batch = np.full((batch_size, L), pad_id, np.int32)
+            mask = np.zeros((batch_size, L), np.int32)
+            for r, i in enumerate(idx):
+                batch[r, :len(ids[i])] = ids[i]
+                mask[r, :len(ids[i])] = 1
+            if self.mesh is not None:
+                sh = NamedSharding(self.mesh, jax.sharding.PartitionSpec(ax.BATCH_AXES))
+                batch, mask = jax.device_put(batch, sh), jax.device_put(mask, sh)
+            emb = self._forward(self._state, batch, mask)
+            out[idx] = np.asarray(emb)[: len(idx)]
+        return out
