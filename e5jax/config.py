@@ -230,3 +230,17 @@ def load_config(path: str | pathlib.Path, overrides: list[str] | None = None) ->
     if not isinstance(cfg, Config):
         raise E5Error(f"config {path}: get_config() returned {type(cfg).__name__}, not Config")
     return replace(cfg, **parse_overrides(overrides))
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of `Config.to_dict` (e.g. a workdir's saved config.json)."""
+    hints = typing.get_type_hints(Config)
+    sections = {}
+    for name, sub_cls in hints.items():
+        sub_hints = typing.get_type_hints(sub_cls)
+        given = d.get(name, {})
+        unknown = set(given) - set(sub_hints)
+        if unknown:
+            raise E5Error(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in sorted(unknown))}")
+        sections[name] = sub_cls(**{k: _coerce(f"{name}.{k}", v, sub_hints[k]) for k, v in given.items()})
+    return Config(**sections)

@@ -5,9 +5,10 @@ carry logical axis names in their `axes` metadata (see `axes.py`); compute
 runs in `dtype` (bf16 on accelerators), with LayerNorm statistics and the
 attention softmax in fp32.
 
-Dropout is *functional*: `__call__` takes an explicit `dropout_key` (None =
-deterministic). Gradient caching re-runs a chunk with exactly the same key, so
-the two passes see the same dropout masks.
+Dropout is *functional* and *per example*: `__call__` takes an explicit
+`dropout_key` (None = deterministic) — one key, or one key per row. Row i's
+masks depend only on its own key, so gradient caching, which re-runs the batch
+chunk by chunk, sees exactly the masks the plain full-batch step sees.
 """
 
 from __future__ import annotations
@@ -126,10 +127,19 @@ class LayerNorm(nnx.Module):
         return y.astype(x.dtype)
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    if key is None or rate <= 0.0:
+def split_keys(keys: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """Per-row keys [B] → n independent per-row key arrays [B]."""
+    if keys is None:
+        return [None] * n
+    s = jax.vmap(lambda k: jax.random.split(k, n))(keys)
+    return [s[:, i] for i in range(n)]
+
+
+def dropout(x: jax.Array, rate: float, keys: jax.Array | None) -> jax.Array:
+    """Inverted dropout; `keys` holds one key per row of `x` (leading dim)."""
+    if keys is None or rate <= 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    keep = jax.vmap(lambda k, xi: jax.random.bernoulli(k, 1.0 - rate, xi.shape))(keys, x)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
@@ -174,7 +184,7 @@ class SelfAttention(nnx.Module):
         cfg = self.cfg
         B, L, H = x.shape
         nh = cfg.num_attention_heads
-        k_attn, k_out = (None, None) if key is None else tuple(jax.random.split(key))
+        k_attn, k_out = split_keys(key, 2)
         split = lambda t: t.reshape(B, L, nh, H // nh)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         q = q * jnp.asarray(1.0 / math.sqrt(H // nh), q.dtype)
@@ -198,7 +208,7 @@ class Layer(nnx.Module):
         self.cfg = cfg
 
     def __call__(self, x, mask_bias, key) -> jax.Array:
-        k_attn, k_mlp = (None, None) if key is None else tuple(jax.random.split(key))
+        k_attn, k_mlp = split_keys(key, 2)
         h = self.attention(x, mask_bias, k_attn)
         inner = ACTIVATIONS[self.cfg.hidden_act](self.mlp_in(h))
         inner = constrain(inner, ("batch", "length", "mlp"))
@@ -231,9 +241,9 @@ class BertModel(nnx.Module):
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None) -> jax.Array:
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        keys = [None] * (len(self.layers) + 1)
-        if dropout_key is not None:
-            keys = list(jax.random.split(dropout_key, len(self.layers) + 1))
+        if dropout_key is not None and dropout_key.ndim == 0:  # one key for the batch → one per row
+            dropout_key = jax.random.split(dropout_key, input_ids.shape[0])
+        keys = split_keys(dropout_key, len(self.layers) + 1)
         h = self.embeddings(input_ids, token_type_ids, self.dtype, keys[0])
         mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, -1e9).astype(jnp.float32)
         run = _run_layer_remat if self.remat else _run_layer

@@ -1,0 +1,27 @@
+"""E5-base contrastive pre-training with the paper's settings.
+
+Init: bert-base-uncased (local folder, e.g.
+`huggingface-cli download google-bert/bert-base-uncased --local-dir ckpt/bert-base-uncased`).
+
+Run (TPU v4-32, every worker; see tpu_scripts/launch.sh):
+    e5jax train --config configs/e5_base_pretrain.py --workdir gs://BUCKET/e5-base-pt \
+        --set data.data_dir=gs://BUCKET/tfds
+"""
+
+from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+
+
+def get_config() -> Config:
+    return Config(
+        model=ModelConfig(init="ckpt/bert-base-uncased", pooling="mean", normalize=True,
+                          dtype="bfloat16", remat=True),
+        data=DataConfig(data_dir="gs://BUCKET/tfds", name="ccpairs_filtered", max_query_length=128,
+                        max_passage_length=128, num_buckets=4, one_source_per_batch=True),
+        # 110M params: shard parameters and optimizer moments over 4 devices
+        # (ZeRO-3), the batch over all of them.
+        mesh=MeshConfig(data=-1, fsdp=4, tensor=1),
+        optim=OptimConfig(learning_rate=2e-4, warmup_steps=1000, weight_decay=0.01),
+        loss=LossConfig(temperature=0.01, block_size=4096),
+        train=TrainConfig(batch_size=32768, steps=20000, grad_cache_chunk=4096, checkpoint_every=1000,
+                          log_every=50, eval_every=1000),
+    )

@@ -1,0 +1,70 @@
+"""`e5jax eval`: BEIR-format retrieval evaluation of an embedding model.
+
+    e5jax eval --model DIR --beir DATA/scifact --beir DATA/nfcorpus \
+        --output results.json [--split test] [--query-prefix "query: "] \
+        [--passage-prefix "passage: "] [--max-length 512] [--cache-dir DIR]
+
+Prints a table (values x100) and writes JSON: settings, per-dataset metrics,
+their average, and per-query values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from e5jax.errors import E5Error
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder (HF / sentence-transformers layout)")
+    parser.add_argument("--beir", required=True, action="append", metavar="DIR",
+                        help="BEIR-format dataset folder; repeat for several")
+    parser.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default: test)")
+    parser.add_argument("--query-prefix", default="query: ", help='prepended to queries (default "query: ")')
+    parser.add_argument("--passage-prefix", default="passage: ", help='prepended to documents (default "passage: ")')
+    parser.add_argument("--max-length", type=int, default=512, help="max tokens per text (default 512)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
+    parser.add_argument("--top-k", type=int, default=1000, help="documents retrieved per query (default 1000)")
+    parser.add_argument("--cache-dir", default=None, help="cache encoded corpora here (second runs are fast)")
+    parser.add_argument("--output", required=True, help="write the results to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from e5jax.eval import beir
+    from e5jax.model.encoder import Encoder
+
+    if args.max_length < 2 or args.batch_size < 1 or args.top_k < 1:
+        raise E5Error("--max-length must be >= 2, --batch-size and --top-k >= 1")
+    for folder in args.beir:  # fail before loading the model
+        beir.load_beir(folder, args.split)
+    if not pathlib.Path(args.model).is_dir():
+        raise E5Error(f"--model {args.model} is not a folder")
+    encoder = Encoder.from_pretrained(args.model)
+    results = []
+    for folder in args.beir:
+        r = beir.evaluate_dataset(
+            encoder.encode, folder, model_name=encoder.name, split=args.split,
+            query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
+            max_length=args.max_length, batch_size=args.batch_size,
+            cache_dir=args.cache_dir, top_k=args.top_k,
+        )
+        print(f"{r['name']}: {r['n_queries']} queries, {r['n_docs']} docs"
+              f"{' (corpus embeddings from cache)' if r['cached'] else ''}", flush=True)
+        results.append(r)
+    avg = beir.average(results)
+    print(beir.format_table(results, avg))
+    out = {
+        "model": encoder.name,
+        "settings": {k: getattr(args, k) for k in
+                     ("split", "query_prefix", "passage_prefix", "max_length", "batch_size", "top_k")},
+        "datasets": {r["name"]: {k: r[k] for k in ("n_docs", "n_queries", "metrics")} for r in results},
+        "average": avg,
+        "per_query": {r["name"]: r["per_query"] for r in results},
+    }
+    path = pathlib.Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,193 @@
+"""Streaming readers shared by the sources: decompression, bounded lines,
+JSON lines and XML elements — each yielding `Drop`s for what is malformed.
+
+Nothing here holds more than one record (plus a read buffer) in memory, so a
+harvest's footprint does not grow with the size of the dump.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import zstandard
+from lxml import etree
+
+from e5jax.data.harvest.types import Drop, Record
+
+# Pushshift .zst dumps are compressed with --long=31: the decoder must accept a
+# 2 GiB window or it refuses the frame.
+_ZSTD_MAX_WINDOW = 2**31
+_CHUNK = 1 << 20
+
+# Reasons counted when input is malformed (documented in docs/harvest.md).
+TRUNCATED = "truncated_stream"
+BAD_JSON = "bad_json"
+BAD_XML = "bad_xml"
+NON_UTF8 = "non_utf8"
+OVERSIZED = "oversized_record"
+CORRUPT = "corrupt_stream"
+# What the decompressors raise on corrupt (not merely truncated) data.
+CORRUPT_ERRORS = (OSError, zlib.error, zstandard.ZstdError)
+
+
+class _ZstdReader(io.RawIOBase):
+    """Multi-frame zstd decoder that raises `EOFError` on a truncated frame.
+
+    `zstandard`'s own `stream_reader` returns a short read silently when the
+    file is cut mid-frame; a harvest must count that, not pass it as clean EOF.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False  # bytes of an unfinished frame were fed
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            chunk = self._raw.read(_CHUNK)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd stream ended inside a frame")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._buf += self._obj.decompress(chunk)
+                chunk = b""
+                if self._obj.eof:  # frame done; the rest starts the next frame
+                    chunk = self._obj.unused_data
+                    self._obj = self._dctx.decompressobj()
+                    self._in_frame = False
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open `path` for binary reading, decompressing by extension
+    (.zst/.zstd, .bz2, .gz or plain)."""
+    if path.endswith((".zst", ".zstd")):
+        return io.BufferedReader(_ZstdReader(open(path, "rb")), buffer_size=_CHUNK)
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def iter_lines(stream: IO[bytes], max_bytes: int, keep_blank: bool = False) -> Iterator[str | Drop]:
+    """Decoded lines of `stream` (newline stripped; blank ones skipped unless
+    `keep_blank`); a line longer than `max_bytes` is skipped without being
+    held in memory, bytes that are not UTF-8 skip their line, and a truncated
+    compressed stream ends the file."""
+    try:
+        while True:
+            line = stream.readline(max_bytes + 1)
+            if not line:
+                return
+            if len(line) > max_bytes and not line.endswith(b"\n"):
+                while line and not line.endswith(b"\n"):  # drain the rest, chunk by chunk
+                    line = stream.readline(_CHUNK)
+                yield Drop(OVERSIZED)
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield Drop(NON_UTF8)
+                continue
+            text = text.rstrip("\r\n")
+            if keep_blank or text.strip():
+                yield text
+    except EOFError:
+        yield Drop(TRUNCATED)
+    except CORRUPT_ERRORS:
+        yield Drop(CORRUPT)
+
+
+def iter_json_records(path: str, max_bytes: int) -> Iterator[Record | Drop]:
+    """JSON objects, one per line (NDJSON / JSONL), compressed or not."""
+    with open_binary(path) as stream:
+        for line in iter_lines(stream, max_bytes):
+            if isinstance(line, Drop):
+                yield line
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                yield Drop(BAD_JSON)
+                continue
+            yield obj if isinstance(obj, dict) else Drop(BAD_JSON)
+
+
+def iter_xml_records(
+    path: str, tag: str, to_record: Callable[[Any], Record | Drop], max_chars: int
+) -> Iterator[Record | Drop]:
+    """Stream the `tag` elements of an XML file through `to_record`.
+
+    lxml's recovering parser carries on past a broken element; its error log
+    says on which line each error was, and an element that contains an error
+    line is dropped as `bad_xml` instead of being passed on half-repaired. An
+    error belongs to the element that starts on or before its line, so an
+    element is judged once the next one (in line order) has been seen.
+    """
+    pending: list[tuple[int, Record | Drop]] = []  # (start line, record), sorted
+    error_lines: list[int] = []
+    seen_errors = 0
+
+    def judged(upto: int | None) -> Iterator[Record | Drop]:
+        # Yield every pending element but the last-starting one (or all at EOF).
+        while pending and (upto is None or len(pending) > 1):
+            line, rec = pending.pop(0)
+            end = pending[0][0] if pending else None
+            bad = any(line <= e and (end is None or e < end) for e in error_lines)
+            yield Drop(BAD_XML) if bad and not isinstance(rec, Drop) else rec
+        if pending:  # errors before the oldest pending element are settled
+            error_lines[:] = [e for e in error_lines if e >= pending[0][0]]
+
+    with open_binary(path) as stream:
+        ctx = etree.iterparse(stream, events=("end",), tag=tag, recover=True, huge_tree=True)
+        try:
+            for _, elem in ctx:
+                log = ctx.error_log
+                if len(log) > seen_errors:
+                    error_lines.extend(e.line for e in list(log)[seen_errors:])
+                    seen_errors = len(log)
+                too_big = any(len(v) > max_chars for v in elem.attrib.values()) or (
+                    elem.text is not None and len(elem.text) > max_chars
+                )
+                rec = Drop(OVERSIZED) if too_big else to_record(elem)
+                line = elem.sourceline or 0
+                # Free the element and the already-seen siblings: constant memory.
+                elem.clear(keep_tail=True)
+                parent = elem.getparent()
+                if parent is not None:
+                    while elem.getprevious() is not None:
+                        del parent[0]
+                pending.append((line, rec))
+                pending.sort(key=lambda p: p[0])
+                yield from judged(line)
+            yield from judged(None)
+        except EOFError:
+            yield from judged(None)
+            yield Drop(TRUNCATED)
+        except CORRUPT_ERRORS:
+            yield from judged(None)
+            yield Drop(CORRUPT)
+        except etree.XMLSyntaxError:  # unrecoverable even in recover mode
+            yield from judged(None)
+            yield Drop(BAD_XML)

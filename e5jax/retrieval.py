@@ -1,0 +1,278 @@
+"""Sharded exact top-k: the one retrieval core of evaluation, filtering and mining.
+
+A `PassageBank` holds passage embeddings with their rows split across every
+device of a mesh (all hosts). `search` scores query blocks against it by dot
+product: each device multiplies the block by its own shard and keeps a local
+top-k, the local results are all-gathered (with global ids) and reduced to the
+global top-k. A bank too big for device memory is kept on the host and streams
+through the devices in fixed-size chunks while a running top-k is merged.
+
+Exactness: fp32 everywhere and `Precision.HIGHEST` (TPUs default to bf16
+passes and GPUs to TF32 for fp32 matmuls); no approximate top-k.
+
+Determinism: equal scores are ordered by the smaller passage id. This rests on
+XLA TopK's documented rule ("if two elements are equal, the lower-index element
+appears first") and on laying every candidate list out in increasing-id order:
+shards are contiguous row ranges in device order, `all_gather` concatenates in
+device order, and a running result (earlier chunks, smaller ids) is placed
+before the new chunk's candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def default_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh named "bank" over every device of every process."""
+    n = jax.device_count()
+    return jax.make_mesh((n,), ("bank",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _put(x: np.ndarray, mesh: jax.sharding.Mesh, spec: P) -> jax.Array:
+    """Place a host array (the same on every process) onto the mesh.
+
+    `make_array_from_callback` works multi-host too: each process fills only the
+    shards its own devices hold."""
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda idx: x[idx])
+
+
+@dataclasses.dataclass(frozen=True)
+class PassageBank:
+    """Passage embeddings [n, d] split by rows over all devices of `mesh`.
+
+    Build it with `PassageBank.build`. Rows are padded up to a multiple of the
+    device count (and of the chunk size); pad rows score -inf and are never
+    returned. `chunk_rows` is how many rows are on the devices at once: the
+    whole (padded) bank when it fits `max_device_rows`, else one host chunk.
+    """
+
+    mesh: jax.sharding.Mesh
+    n: int  # real rows
+    dim: int
+    chunk_rows: int  # rows per chunk (multiple of the device count)
+    resident: jax.Array | None = dataclasses.field(repr=False)  # whole bank on the devices, or None
+    host: np.ndarray | None = dataclasses.field(repr=False)  # the bank on the host when it streams
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        max_device_rows: int | None = None,
+    ) -> "PassageBank":
+        """Shard `embeddings` [n, d] over `mesh` (default: all devices).
+
+        `max_device_rows` caps the rows held on the devices at once (all devices
+        together); a larger bank stays on the host and streams in chunks.
+        """
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] == 0:
+            raise ValueError(f"bank embeddings must be a non-empty [n, d] matrix, got shape {emb.shape}")
+        mesh = mesh or default_mesh()
+        ndev = mesh.size
+        n, dim = emb.shape
+        if max_device_rows is None or max_device_rows >= n:
+            n_chunks = 1
+        else:  # equal chunks, each a multiple of the device count: one compiled shape
+            n_chunks = math.ceil(n / max(int(max_device_rows) // ndev * ndev, ndev))
+        chunk_rows = math.ceil(math.ceil(n / n_chunks) / ndev) * ndev
+        padded = np.zeros((n_chunks * chunk_rows, dim), np.float32)
+        padded[:n] = emb
+        if n_chunks == 1:
+            return cls(mesh, n, dim, chunk_rows, _put(padded, mesh, P(mesh.axis_names)), None)
+        return cls(mesh, n, dim, chunk_rows, None, padded)
+
+    @property
+    def n_chunks(self) -> int:
+        return 1 if self.host is None else self.host.shape[0] // self.chunk_rows
+
+    def chunks(self) -> Iterator[tuple[int, jax.Array]]:
+        """(first global id, device array) for each chunk, moving host chunks on demand."""
+        if self.resident is not None:
+            yield 0, self.resident
+            return
+        for c in range(self.n_chunks):
+            lo = c * self.chunk_rows
+            yield lo, _put(self.host[lo : lo + self.chunk_rows], self.mesh, P(self.mesh.axis_names))
+
+
+def _shard_scores(q, shard, first, n_end, precision, masked):
+    """Scores of a query block against this device's shard; pad rows -> -inf."""
+    s = jnp.dot(q, shard.T, precision=precision, preferred_element_type=jnp.float32)
+    if masked:  # static: only banks with padding pay for the mask
+        rows = first + jnp.arange(shard.shape[0], dtype=jnp.int32)
+        s = jnp.where(rows[None, :] < n_end, s, -jnp.inf)
+    return s
+
+
+@functools.lru_cache(maxsize=None)
+def _topk_step(mesh: jax.sharding.Mesh, shard_rows: int, k: int, masked: bool, precision):
+    """jit(shard_map) step: (q, chunk, first id, end id, running top-k) -> merged top-k."""
+    axes = mesh.axis_names
+    k_local = min(k, shard_rows)  # k may exceed a shard: take the whole shard
+
+    def step(q, shard, offset, n_end, prev_s, prev_i):
+        first = offset + jax.lax.axis_index(axes) * shard_rows
+        s = _shard_scores(q, shard, first, n_end, precision, masked)
+        ls, li = jax.lax.top_k(s, k_local)
+        # Device order == id order, and the running result (smaller ids) goes
+        # first, so TopK's lower-index-first rule breaks ties by smaller id.
+        gs = jax.lax.all_gather(ls, axes, axis=1, tiled=True)
+        gi = jax.lax.all_gather(li + first, axes, axis=1, tiled=True)
+        cs = jnp.concatenate([prev_s, gs], axis=1)
+        ci = jnp.concatenate([prev_i, gi], axis=1)
+        ts, pos = jax.lax.top_k(cs, k)
+        return ts, jnp.take_along_axis(ci, pos, axis=1)
+
+    rep = P()
+    # all_gather's result is the same on every device, but the replication
+    # checker types it as varying: the check is off and out_specs P() is true.
+    fn = jax.shard_map(
+        step, mesh=mesh, in_specs=(rep, P(axes), rep, rep, rep, rep), out_specs=(rep, rep), check_vma=False
+    )
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _count_step(mesh: jax.sharding.Mesh, shard_rows: int, masked: bool, precision):
+    """jit(shard_map) step: count bank rows scoring strictly above each query's own score."""
+    axes = mesh.axis_names
+
+    def step(q, own_score, shard, offset, n_end, prev):
+        first = offset + jax.lax.axis_index(axes) * shard_rows
+        s = _shard_scores(q, shard, first, n_end, precision, masked)
+        c = jnp.sum(s > own_score[:, None], axis=1, dtype=jnp.int32)
+        return prev + jax.lax.psum(c, axes)
+
+    rep = P()
+    fn = jax.shard_map(step, mesh=mesh, in_specs=(rep, rep, P(axes), rep, rep, rep), out_specs=rep)
+    return jax.jit(fn)
+
+
+def _blocks(nq: int, query_block: int) -> tuple[int, int]:
+    """(block size, number of blocks): fixed size, small inputs get a small block."""
+    block = max(8, min(query_block, math.ceil(nq / 8) * 8))
+    return block, max(1, math.ceil(nq / block))
+
+
+def _bar(total: int, desc: str, progress: bool | None) -> tqdm:
+    """A progress bar; `progress=None` lets tqdm show it only on a terminal."""
+    return tqdm(total=total, desc=desc, unit="block", disable=None if progress is None else not progress, leave=False)
+
+
+def _as_bank(bank: "PassageBank | np.ndarray", mesh: jax.sharding.Mesh | None) -> PassageBank:
+    return bank if isinstance(bank, PassageBank) else PassageBank.build(bank, mesh=mesh)
+
+
+def _padded_block(x: np.ndarray, b: int, block: int) -> np.ndarray:
+    out = np.zeros((block,) + x.shape[1:], np.float32)
+    part = x[b * block : (b + 1) * block]
+    out[: len(part)] = part
+    return out
+
+
+def search(
+    queries: np.ndarray,
+    bank: PassageBank | np.ndarray,
+    k: int,
+    *,
+    query_block: int = 1024,
+    mesh: jax.sharding.Mesh | None = None,
+    precision=HIGHEST,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-`k` passages by dot product for each query.
+
+    Returns (scores [nq, k] float32, ids [nq, k] int64), each row sorted by
+    score descending, equal scores by smaller id. `bank` may be a numpy array
+    (then sharded over `mesh`, default all devices). `progress=None` shows a
+    bar only on a terminal.
+    """
+    bank = _as_bank(bank, mesh)
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != bank.dim:
+        raise ValueError(f"queries must be [nq, {bank.dim}], got shape {q.shape}")
+    if not 1 <= k <= bank.n:
+        raise ValueError(f"k must be in [1, {bank.n}] (the bank size), got {k}")
+    nq = q.shape[0]
+    if nq == 0:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    block, n_blocks = _blocks(nq, query_block)
+    masked = bank.n_chunks * bank.chunk_rows != bank.n
+    step = _topk_step(bank.mesh, bank.chunk_rows // bank.mesh.size, k, masked, precision)
+    init_s = _put(np.full((block, k), -np.inf, np.float32), bank.mesh, P())
+    init_i = _put(np.full((block, k), -1, np.int32), bank.mesh, P())
+    q_dev = [None] * n_blocks  # queries move to the devices once, even when the bank streams
+    running = [(init_s, init_i)] * n_blocks
+    with _bar(n_blocks * bank.n_chunks, "top-k", progress) as bar:
+        for offset, chunk in bank.chunks():
+            n_end = np.int32(min(offset + bank.chunk_rows, bank.n))
+            for b in range(n_blocks):
+                if q_dev[b] is None:
+                    q_dev[b] = _put(_padded_block(q, b, block), bank.mesh, P())
+                running[b] = step(q_dev[b], chunk, np.int32(offset), n_end, *running[b])
+                bar.update()
+            if bank.host is not None:
+                jax.block_until_ready(running)  # hold one host chunk on the devices at a time
+    scores = np.concatenate([np.asarray(s) for s, _ in running])[:nq]
+    ids = np.concatenate([np.asarray(i) for _, i in running])[:nq].astype(np.int64)
+    return scores, ids
+
+
+def rank_of(
+    queries: np.ndarray,
+    positives: np.ndarray,
+    bank: PassageBank | np.ndarray,
+    *,
+    query_block: int = 1024,
+    mesh: jax.sharding.Mesh | None = None,
+    precision=HIGHEST,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Rank of each query's own passage among bank ∪ {own}: int64 [n].
+
+    rank = 1 + #bank passages scoring strictly higher than the own passage, so
+    ties go to the own passage (a duplicate of it in the pool does not push it
+    down). The own score is q·p in fp32; bank scores come from the blocked
+    matmul, so "equal" means equal after fp32 rounding of each.
+    """
+    bank = _as_bank(bank, mesh)
+    q = np.asarray(queries, dtype=np.float32)
+    p = np.asarray(positives, dtype=np.float32)
+    if q.shape != p.shape or q.ndim != 2 or q.shape[1] != bank.dim:
+        raise ValueError(f"queries and positives must both be [n, {bank.dim}], got {q.shape} and {p.shape}")
+    nq = q.shape[0]
+    if nq == 0:
+        return np.zeros((0,), np.int64)
+    block, n_blocks = _blocks(nq, query_block)
+    masked = bank.n_chunks * bank.chunk_rows != bank.n
+    step = _count_step(bank.mesh, bank.chunk_rows // bank.mesh.size, masked, precision)
+    own_fn = jax.jit(lambda a, b: jnp.einsum("bd,bd->b", a, b, precision=precision))
+    q_dev, own = [None] * n_blocks, [None] * n_blocks
+    counts = [_put(np.zeros((block,), np.int32), bank.mesh, P())] * n_blocks
+    with _bar(n_blocks * bank.n_chunks, "rank", progress) as bar:
+        for offset, chunk in bank.chunks():
+            n_end = np.int32(min(offset + bank.chunk_rows, bank.n))
+            for b in range(n_blocks):
+                if q_dev[b] is None:
+                    q_dev[b] = _put(_padded_block(q, b, block), bank.mesh, P())
+                    own[b] = own_fn(q_dev[b], _put(_padded_block(p, b, block), bank.mesh, P()))
+                counts[b] = step(q_dev[b], own[b], chunk, np.int32(offset), n_end, counts[b])
+                bar.update()
+            if bank.host is not None:
+                jax.block_until_ready(counts)
+    return 1 + np.concatenate([np.asarray(c) for c in counts])[:nq].astype(np.int64)

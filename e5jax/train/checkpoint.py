@@ -1,0 +1,52 @@
+"""orbax checkpoints: the (model, optimizer) state and the grain iterator, together.
+
+Saving both in one `CheckpointManager` step is what makes resume exact: a
+restored run continues with the very batch the interrupted run would have
+drawn next. orbax writes each step to a temporary folder and renames it when
+complete, so a crash mid-save never damages the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from e5jax.errors import E5Error
+
+
+def manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
+    path = epath.Path(workdir) / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: nnx.State, iterator=None) -> None:
+    import grain
+
+    items = {"state": ocp.args.StandardSave(nnx.to_pure_dict(state))}
+    if iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointSave(iterator)
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    mngr.wait_until_finished()
+
+
+def restore(mngr: ocp.CheckpointManager, abstract: nnx.State, shardings, *, step: int | None = None,
+            iterator=None) -> tuple[int, nnx.State]:
+    """Restore onto `shardings` — which may be a different mesh than the one that saved."""
+    import grain
+
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise E5Error(f"no checkpoint in {mngr.directory}")
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nnx.to_pure_dict(abstract), nnx.to_pure_dict(shardings))
+    items = {"state": ocp.args.StandardRestore(target)}
+    if iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    state = jax.tree.map(lambda x: x, abstract)
+    nnx.replace_by_pure_dict(state, restored["state"])
+    return step, state

@@ -1,0 +1,201 @@
+"""The trainer, told in sections: Mesh → Input → Model/Opt → Step → Checkpoint → Loop → Eval.
+
+`train(cfg, workdir)` pre-trains or fine-tunes (fine-tuning = a dataset with
+hard negatives and, optionally, teacher scores). It resumes from the newest
+checkpoint in `workdir` by itself, so the same command restarts a killed run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from e5jax.config import Config
+from e5jax.errors import E5Error
+from e5jax.model import axes as ax
+from e5jax.train import checkpoint as ckpt
+from e5jax.train.metrics import MetricWriter, Progress
+from e5jax.train.optimizer import schedule
+from e5jax.train.state import abstract_state, create_state, load_tokenizer
+from e5jax.train.step import make_eval_step, make_train_step
+
+
+def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+    """Multi-host JAX: from flags, or by itself where the environment asks (TPU VM pods)."""
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()  # topology discovered from the TPU metadata / env
+
+
+def _host_batch_size(cfg: Config) -> int:
+    n = jax.process_count()
+    if cfg.train.batch_size % n:
+        raise E5Error(f"train.batch_size={cfg.train.batch_size} is not divisible by the {n} processes")
+    return cfg.train.batch_size // n
+
+
+def _iterators(cfg: Config, tokenizer, split: str, *, train: bool):
+    from e5jax.data.ccpairs.builder import load_source
+    from e5jax.data.pipeline import make_eval_iterator, make_train_iterator
+
+    source = load_source(cfg.data.data_dir, cfg.data.name, split)
+    kw = dict(tokenizer=tokenizer, cfg=cfg.data, batch_size_per_process=_host_batch_size(cfg),
+              process_index=jax.process_index(), process_count=jax.process_count())
+    if train:
+        return make_train_iterator(source, seed=cfg.data.shuffle_seed, **kw)
+    return make_eval_iterator(source, **kw)
+
+
+def _scalars(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _real_tokens(batch: dict[str, np.ndarray]) -> int:
+    return int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask"))) * jax.process_count()
+
+
+def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) training; returns the final metrics.
+
+    `step_hook(step, metrics) -> metrics` sees each step's metrics before they
+    are checked (fault-injection tests use it to fake a non-finite loss).
+    """
+    workdir_p = epath.Path(workdir)
+    workdir_p.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir_p / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    # ---------------------------------------------------------------- Mesh
+    mesh = ax.make_mesh(cfg.mesh)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.train.batch_size % shards:
+        raise E5Error(f"train.batch_size={cfg.train.batch_size} is not divisible by the {shards} "
+                      f"batch shards (mesh data*fsdp); change train.batch_size or mesh")
+    if cfg.train.grad_cache_chunk and cfg.train.grad_cache_chunk % shards:
+        raise E5Error(f"train.grad_cache_chunk={cfg.train.grad_cache_chunk} must be a multiple of the "
+                      f"{shards} batch shards")
+
+    # --------------------------------------------------------------- Input
+    tokenizer = load_tokenizer(cfg)
+    train_it = _iterators(cfg, tokenizer, cfg.data.split, train=True)
+
+    # ------------------------------------------------- Model / optimizer
+    graphdef, abstract, shardings = abstract_state(cfg, mesh)
+    mngr = ckpt.manager(workdir, keep=cfg.train.keep_checkpoints)
+    if mngr.latest_step() is not None:
+        start, state = ckpt.restore(mngr, abstract, shardings, iterator=train_it)
+        log(f"resumed from step {start} in {mngr.directory}")
+    else:
+        graphdef, state = create_state(cfg, mesh)
+        start = 0
+
+    # ---------------------------------------------------------------- Step
+    # The one place where jit, shardings and donation are applied.
+    batch_sharding = NamedSharding(mesh, P(ax.BATCH_AXES))
+    with ax.axis_rules(mesh, cfg.mesh.rules):
+        step_fn = jax.jit(make_train_step(cfg, graphdef, mesh), in_shardings=(shardings, batch_sharding),
+                          out_shardings=(shardings, None), donate_argnums=(0,))
+        eval_fn = jax.jit(make_eval_step(cfg, graphdef, mesh), in_shardings=(shardings, batch_sharding))
+    lr_at = schedule(cfg.optim, cfg.train.steps)
+
+    # ---------------------------------------------------------------- Loop
+    from e5jax.data.global_batch import to_global
+
+    writer = MetricWriter(workdir, enabled=is_main)
+    progress = Progress(cfg.train.steps, start)
+    metrics: dict[str, float] = {}
+    last_saved = start if start else None
+    step = start
+    try:
+        while step < cfg.train.steps:
+            host_batch = next(train_it)
+            batch = to_global(host_batch, mesh, ax.BATCH_AXES)
+            with ax.axis_rules(mesh, cfg.mesh.rules):
+                state, m = step_fn(state, batch)
+            step += 1
+            metrics = _scalars(m)
+            if step_hook is not None:
+                metrics = step_hook(step, metrics)
+            if not math.isfinite(metrics["loss"]):
+                where = f"step {last_saved} in {mngr.directory}" if last_saved else "none saved yet"
+                raise E5Error(f"non-finite loss ({metrics['loss']}) at step {step}; "
+                              f"stopped without saving; last good checkpoint: {where}")
+            progress.update(_real_tokens(host_batch))
+            metrics["learning_rate"] = float(lr_at(step - 1))
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                writer.write(step, metrics)
+                if is_main:
+                    log(progress.line(step, metrics, metrics["learning_rate"]))
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+                _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log)
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                ckpt.save(mngr, step, state, train_it)
+                last_saved = step
+
+        # ------------------------------------------------------------ Eval
+        held = _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log)
+        metrics.update({f"heldout_{k}": v for k, v in held.items()})
+    finally:
+        writer.close()
+        mngr.close()
+    return metrics
+
+
+def _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log) -> dict[str, float]:
+    """Mean in-batch metrics over up to `eval_batches` held-out batches."""
+    from e5jax.data.global_batch import to_global
+
+    try:
+        it = _iterators(cfg, tokenizer, cfg.data.eval_split, train=False)
+    except (E5Error, KeyError, ValueError) as e:
+        log(f"held-out evaluation skipped: {e}")
+        return {}
+    sums: dict[str, float] = {}
+    n = 0
+    for host_batch in it:
+        with ax.axis_rules(mesh, cfg.mesh.rules):
+            m = _scalars(eval_fn(state, to_global(host_batch, mesh, ax.BATCH_AXES)))
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        if n >= cfg.train.eval_batches:
+            break
+    if not n:
+        log(f"held-out evaluation skipped: split {cfg.data.eval_split!r} has fewer than one batch")
+        return {}
+    out = {k: v / n for k, v in sums.items()}
+    writer.write(step, out, prefix="heldout")
+    if jax.process_index() == 0:
+        log(f"held-out ({n} batches of {cfg.train.batch_size}): loss {out['loss']:.4f} "
+            f"accuracy {out['accuracy']:.3f} (chance {1 / cfg.train.batch_size:.3f})")
+    return out
+
+
+def load_trained(workdir: str, *, mesh=None, step: int | None = None):
+    """(TextEncoder, tokenizer, Config) from a training workdir's newest (or given) checkpoint."""
+    from e5jax.config import from_dict
+
+    cfg_path = epath.Path(workdir) / "config.json"
+    if not cfg_path.exists():
+        raise E5Error(f"{workdir} is not an e5jax training workdir (no config.json)")
+    cfg = from_dict(json.loads(cfg_path.read_text()))
+    mesh = mesh or ax.make_mesh(cfg.mesh.__class__(), jax.devices()[:1])
+    graphdef, abstract, shardings = abstract_state(cfg, mesh)
+    mngr = ckpt.manager(workdir, keep=cfg.train.keep_checkpoints)
+    try:
+        _, state = ckpt.restore(mngr, abstract, shardings, step=step)
+    finally:
+        mngr.close()
+    model, _ = nnx.merge(graphdef, state)
+    return model, load_tokenizer(cfg), cfg

@@ -1,0 +1,65 @@
+"""Metrics out: JSONL (always), TensorBoard (tensorboardX), and a readable progress line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from etils import epath
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricWriter:
+    """Writes on process 0 only; every host computes the same global metrics."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        rec = {"step": step, "split": prefix, "time": time.time(), **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Progress:
+    """`step 120/1000 | loss 1.234 | acc 0.81 | lr 2.0e-05 | 5,120 tok/s | ETA 3m10s`."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.total = total_steps
+        self.start_step = start_step
+        self.t0 = time.perf_counter()
+        self.tokens = 0
+
+    def update(self, tokens: int) -> None:
+        """Count the real (non-padding) tokens of one step."""
+        self.tokens += tokens
+
+    def line(self, step: int, metrics: dict[str, float], lr: float) -> str:
+        elapsed = time.perf_counter() - self.t0
+        done = step - self.start_step
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / done * (self.total - step) if done > 0 else 0.0
+        return (f"step {step}/{self.total} | loss {metrics['loss']:.4f} | acc {metrics.get('accuracy', 0):.3f}"
+                f" | lr {lr:.2e} | {rate:,.0f} tok/s | ETA {format_duration(eta)}")

@@ -1,0 +1,143 @@
+"""The sharded retrieval core against a NumPy brute-force reference.
+
+Embeddings are small multiples of 1/4 so every dot product is exact in fp32:
+scores can be compared with `==`, and there are many exact ties, which makes
+the "equal scores -> smaller id first" rule observable.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from e5jax import retrieval
+from e5jax.retrieval import PassageBank, rank_of, search
+
+DIM = 8
+
+
+def quantized(rng: np.random.Generator, n: int, levels: int = 3) -> np.ndarray:
+    return (rng.integers(-levels, levels + 1, size=(n, DIM)) / 4).astype(np.float32)
+
+
+def brute_topk(q: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort every passage by (score desc, id asc) and keep k: the reference."""
+    s = q.astype(np.float64) @ bank.astype(np.float64).T
+    ids = np.arange(bank.shape[0])
+    order = np.stack([np.lexsort((ids, -row)) for row in s])[:, :k]
+    return np.take_along_axis(s, order, 1).astype(np.float32), order.astype(np.int64)
+
+
+def brute_rank(q: np.ndarray, p: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    own = np.sum(q.astype(np.float64) * p, axis=1)
+    return 1 + np.sum(q.astype(np.float64) @ bank.T.astype(np.float64) > own[:, None], axis=1)
+
+
+def mesh_of(n: int) -> jax.sharding.Mesh:
+    return jax.make_mesh((n,), ("bank",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n])
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    # 203 passages: not divisible by 8; 37 queries: not divisible by the block.
+    return quantized(rng, 37), quantized(rng, 203)
+
+
+def test_eight_devices_emulated():
+    assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize(
+    "ndev,k,max_rows",
+    [
+        (8, 5, None),  # resident bank, 203 rows -> 8 shards of 26 (5 pad rows)
+        (8, 40, None),  # k larger than a shard (26 rows)
+        (1, 7, None),  # one device
+        (8, 30, 64),  # streamed: 4 chunks of 56 rows (7 a shard): k > shard
+        (1, 3, 50),  # streamed on one device
+        (8, 203, 64),  # k = whole bank, streamed
+    ],
+)
+def test_search_equals_bruteforce(data, ndev, k, max_rows):
+    q, bank_np = data
+    bank = PassageBank.build(bank_np, mesh=mesh_of(ndev), max_device_rows=max_rows)
+    assert (bank.n_chunks > 1) == (max_rows is not None)
+    scores, ids = search(q, bank, k, query_block=16)
+    ref_s, ref_i = brute_topk(q, bank_np, k)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (37, k)
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_array_equal(scores, ref_s)
+
+
+def test_ties_break_by_smaller_id_across_shards_and_chunks():
+    # Every passage identical: all scores tie, so the answer is ids 0..k-1.
+    bank_np = np.ones((50, DIM), np.float32)
+    q = np.ones((3, DIM), np.float32)
+    for max_rows in (None, 16):
+        _, ids = search(q, PassageBank.build(bank_np, max_device_rows=max_rows), 12)
+        np.testing.assert_array_equal(ids, np.tile(np.arange(12), (3, 1)))
+
+
+def test_pad_rows_never_returned_even_when_all_scores_negative():
+    # Real scores are all negative, pad rows would score 0 if left unmasked.
+    bank_np = -np.ones((9, DIM), np.float32) * np.arange(1, 10)[:, None]
+    q = np.ones((2, DIM), np.float32)
+    scores, ids = search(q, bank_np, 9)  # 9 rows on 8 devices: 7 pad rows
+    np.testing.assert_array_equal(ids[0], np.arange(9))
+    assert np.all(scores < 0)
+
+
+def test_float_random_vectors_match_numpy():
+    rng = np.random.default_rng(1)
+    bank_np = rng.standard_normal((301, 16)).astype(np.float32)
+    q = rng.standard_normal((20, 16)).astype(np.float32)
+    scores, ids = search(q, bank_np, 10)
+    ref = q @ bank_np.T
+    ref_i = np.argsort(-ref, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_allclose(scores, np.take_along_axis(ref, ref_i, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_one_compiled_shape_for_many_query_counts(data):
+    q, bank_np = data
+    bank = PassageBank.build(bank_np)
+    retrieval._topk_step.cache_clear()
+    for nq in (37, 33, 17):  # all pad to blocks of 16 -> one step function, one shape
+        s, i = search(q[:nq], bank, 4, query_block=16)
+        np.testing.assert_array_equal(i, brute_topk(q[:nq], bank_np, 4)[1])
+    assert retrieval._topk_step.cache_info().currsize == 1
+    assert retrieval._topk_step.cache_info().hits == 2
+
+
+@pytest.mark.parametrize("ndev,max_rows", [(8, None), (1, None), (8, 64)])
+def test_rank_of_equals_bruteforce(data, ndev, max_rows):
+    rng = np.random.default_rng(2)
+    q, bank_np = data
+    pos = quantized(rng, len(q))
+    pos[:5] = bank_np[:5]  # own passage duplicated in the pool: ties go to own
+    bank = PassageBank.build(bank_np, mesh=mesh_of(ndev), max_device_rows=max_rows)
+    ranks = rank_of(q, pos, bank, query_block=16)
+    np.testing.assert_array_equal(ranks, brute_rank(q, pos, bank_np))
+    assert ranks.min() >= 1
+
+
+def test_rank_of_agrees_with_search(data):
+    # rank 1 <=> own passage would beat the top-1 of the pool (or tie it).
+    q, bank_np = data
+    pos = bank_np[10:47]
+    top_s, _ = search(q, bank_np, 1)
+    own = np.sum(q * pos, axis=1)
+    ranks = rank_of(q, pos, bank_np)
+    np.testing.assert_array_equal(ranks == 1, own >= top_s[:, 0])
+
+
+def test_bad_inputs():
+    bank = PassageBank.build(np.ones((5, DIM), np.float32))
+    with pytest.raises(ValueError, match="k must be"):
+        search(np.ones((1, DIM), np.float32), bank, 6)
+    with pytest.raises(ValueError, match="queries must be"):
+        search(np.ones((1, DIM + 1), np.float32), bank, 1)
+    with pytest.raises(ValueError, match="non-empty"):
+        PassageBank.build(np.ones((0, DIM), np.float32))
+    s, i = search(np.ones((0, DIM), np.float32), bank, 2)
+    assert s.shape == (0, 2) and i.shape == (0, 2)
