@@ -111,7 +111,7 @@ def _row_sums(
     )
     col = jnp.arange(cands.shape[0])[None, :]
     is_pos = col == labels[:, None]
-    if False:
+    if mask:
         # Same text as my positive, but not my positive itself: not a negative.
         # Only the first n_keyed columns have keys (negatives may come without).
         masked = (cand_keys[None, :] == own_keys[:, None]) & ~is_pos & (col < n_keyed)

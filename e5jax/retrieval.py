@@ -169,6 +169,12 @@ def _blocks(nq: int, query_block: int) -> tuple[int, int]:
     return block, max(1, math.ceil(nq / block))
 
 
+def _fetch(x: jax.Array) -> np.ndarray:
+    """A replicated result to host memory: any local copy is the whole array
+    (np.asarray alone refuses arrays that span other processes' devices)."""
+    return np.asarray(x.addressable_data(0))
+
+
 def _bar(total: int, desc: str, progress: bool | None) -> tqdm:
     """A progress bar; `progress=None` lets tqdm show it only on a terminal."""
     return tqdm(total=total, desc=desc, unit="block", disable=None if progress is None else not progress, leave=False)
@@ -190,7 +196,7 @@ def search(
     bank: PassageBank | np.ndarray,
     k: int,
     *,
-    query_block: int = 1024,
+    query_block: int = 256,
     mesh: jax.sharding.Mesh | None = None,
     precision=HIGHEST,
     progress: bool | None = None,
@@ -228,8 +234,8 @@ def search(
                 bar.update()
             if bank.host is not None:
                 jax.block_until_ready(running)  # hold one host chunk on the devices at a time
-    scores = np.concatenate([np.asarray(s) for s, _ in running])[:nq]
-    ids = np.concatenate([np.asarray(i) for _, i in running])[:nq].astype(np.int64)
+    scores = np.concatenate([_fetch(s) for s, _ in running])[:nq]
+    ids = np.concatenate([_fetch(i) for _, i in running])[:nq].astype(np.int64)
     return scores, ids
 
 
@@ -238,7 +244,7 @@ def rank_of(
     positives: np.ndarray,
     bank: PassageBank | np.ndarray,
     *,
-    query_block: int = 1024,
+    query_block: int = 256,
     mesh: jax.sharding.Mesh | None = None,
     precision=HIGHEST,
     progress: bool | None = None,
@@ -275,4 +281,4 @@ def rank_of(
                 bar.update()
             if bank.host is not None:
                 jax.block_until_ready(counts)
-    return 1 + np.concatenate([np.asarray(c) for c in counts])[:nq].astype(np.int64)
+    return 1 + np.concatenate([_fetch(c) for c in counts])[:nq].astype(np.int64)

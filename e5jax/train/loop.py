@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from collections.abc import Callable
 
 import jax
@@ -59,8 +60,28 @@ def _scalars(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def fingerprint(batch: dict[str, np.ndarray]) -> int:
+    """crc32 of this host's token ids: tells (in metrics.jsonl) which data a step saw."""
+    crc = 0
+    for k in sorted(batch):
+        if k.endswith("input_ids"):
+            crc = zlib.crc32(np.ascontiguousarray(batch[k]).tobytes(), crc)
+    return crc
+
+
 def _real_tokens(batch: dict[str, np.ndarray]) -> int:
     return int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask"))) * jax.process_count()
+
+
+def jit_steps(cfg: Config, graphdef, mesh, shardings, *, wrap=lambda f: f):
+    """The one place where jit, shardings and donation are applied.
+
+    `wrap` decorates the pure step before jit (tests count traces with it)."""
+    batch_sharding = NamedSharding(mesh, P(ax.BATCH_AXES))
+    step_fn = jax.jit(wrap(make_train_step(cfg, graphdef, mesh)), in_shardings=(shardings, batch_sharding),
+                      out_shardings=(shardings, None), donate_argnums=(0,))
+    eval_fn = jax.jit(make_eval_step(cfg, graphdef, mesh), in_shardings=(shardings, batch_sharding))
+    return step_fn, eval_fn
 
 
 def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] | None = None,
@@ -101,12 +122,7 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
         start = 0
 
     # ---------------------------------------------------------------- Step
-    # The one place where jit, shardings and donation are applied.
-    batch_sharding = NamedSharding(mesh, P(ax.BATCH_AXES))
-    with ax.axis_rules(mesh, cfg.mesh.rules):
-        step_fn = jax.jit(make_train_step(cfg, graphdef, mesh), in_shardings=(shardings, batch_sharding),
-                          out_shardings=(shardings, None), donate_argnums=(0,))
-        eval_fn = jax.jit(make_eval_step(cfg, graphdef, mesh), in_shardings=(shardings, batch_sharding))
+    step_fn, eval_fn = jit_steps(cfg, graphdef, mesh, shardings)
     lr_at = schedule(cfg.optim, cfg.train.steps)
 
     # ---------------------------------------------------------------- Loop
@@ -133,10 +149,13 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
                               f"stopped without saving; last good checkpoint: {where}")
             progress.update(_real_tokens(host_batch))
             metrics["learning_rate"] = float(lr_at(step - 1))
+            metrics["data_crc"] = fingerprint(host_batch)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 writer.write(step, metrics)
-                if is_main:
-                    log(progress.line(step, metrics, metrics["learning_rate"]))
+                line = progress.line(step, metrics, metrics["learning_rate"])
+                if jax.process_count() > 1:  # each host reports its own view (and its own data)
+                    line = f"[process {jax.process_index()}] {line} | host data crc {metrics['data_crc']}"
+                log(line)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:

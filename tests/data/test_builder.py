@@ -14,7 +14,6 @@ from e5jax.data.ccpairs.builder import build_dataset, builder_class, load_source
 from e5jax.errors import E5Error
 from tests.data.conftest import N_PAIRS, pair_lines, write_jsonl
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _records(source) -> set[tuple]:

@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from e5jax.eval import beir, metrics, sts
+from e5jax.eval import beir, sts
 from e5jax.eval.mteb_adapter import MtebEncoder, e5_prefix
 
 FIX = pathlib.Path(__file__).parent / "fixtures"

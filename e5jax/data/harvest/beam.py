@@ -124,7 +124,8 @@ def build_pipeline(p: beam.Pipeline, source_name: str, inputs: Sequence[str], ou
         | "Dedup" >> beam.GroupByKey()
         | "OnePerId" >> beam.Map(_first_of_duplicates)
         | "Write" >> beam.io.WriteToText(
-            str(pathlib.Path(output) / "pairs"), file_name_suffix=suffix, shard_name_template="-SSSSS",
+            # String join, not pathlib: pathlib would turn gs://b into gs:/b.
+            output.rstrip("/") + "/pairs", file_name_suffix=suffix, shard_name_template="-SSSSS",
             compression_type=_COMPRESSION[compress])
     )
 
@@ -137,7 +138,7 @@ def run_pipeline(source_name: str, inputs: Sequence[str], output: str, cfg: Clea
     start = time.perf_counter()
     options = PipelineOptions(list(beam_args) or ["--runner=DirectRunner"])
     p = beam.Pipeline(options=options)
-    build_pipeline(p, source_name, inputs, output, cfg, compress)
+    build_pipeline(p, source_name, inputs, str(output), cfg, compress)
     result = p.run()
     result.wait_until_finish()
     summary = Summary(source.name, inputs=[str(i) for i in inputs], config=cfg.to_dict())

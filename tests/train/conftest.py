@@ -1,0 +1,25 @@
+"""A small real pair dataset (Debian package descriptions) built once per session."""
+
+import json
+
+import pytest
+
+from tests.fixtures.real_text import debian_records
+
+
+@pytest.fixture(scope="session")
+def pair_dataset(tmp_path_factory):
+    from e5jax.data.ccpairs.builder import build_dataset
+
+    root = tmp_path_factory.mktemp("pairs")
+    with open(root / "pairs.jsonl", "w") as f:
+        for r in debian_records():
+            f.write(json.dumps({"query": r["short"], "passage": r["long"], "source": "debian"}) + "\n")
+    build_dataset([root / "pairs.jsonl"], data_dir=root / "tfds", name="debian_pairs", heldout_fraction=0.1)
+    return root / "tfds", "debian_pairs"
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(pair_dataset, minilm_dir):
+    data_dir, name = pair_dataset
+    return [f"data.data_dir={data_dir}", f"data.name={name}", f"model.tokenizer={minilm_dir}"]
