@@ -44,8 +44,9 @@ def main() -> None:
     kq, kp = jax.random.split(jax.random.key(0))
     q = jax.random.normal(kq, (b, d), jnp.float32)
     q = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
-    # Positives correlated with their queries, like a model part-way through training.
-    p = q + 0.5 * jax.random.normal(kp, (b, d), jnp.float32) / jnp.sqrt(d)
+    # Positives weakly correlated with their queries (cosine ~0.16), so that at
+    # tau = 0.01 the loss is far from 0 and all 32k candidates matter.
+    p = q + 6.0 * jax.random.normal(kp, (b, d), jnp.float32) / jnp.sqrt(d)
     p = p / jnp.linalg.norm(p, axis=-1, keepdims=True)
     jax.block_until_ready((q, p))
     rss_inputs = peak_rss_gib()

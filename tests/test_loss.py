@@ -25,7 +25,7 @@ def _unit(x):
 
 
 def _batch(b, k, seed=0, n_keys=None):
-    """Normalised q, p (correlated with q, like a half-trained model), neg, and keys with duplicates."""
+    """Unit q, p (correlated with q, as mid-training), neg, and keys with duplicates."""
     rng = np.random.default_rng(seed)
     q = _unit(rng.normal(size=(b, D)))
     p = _unit(q + 0.8 * rng.normal(size=(b, D)))
@@ -37,13 +37,13 @@ def _batch(b, k, seed=0, n_keys=None):
 
 
 def _mesh(shape):
-    names = ("data", "fsdp")[: len(shape)]
+    names = ("data", "fsdp", "tensor")[: len(shape)]
     return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape))
 
 
 def _shard(mesh, *xs):
-    """Global arrays split over rows across every batch axis of `mesh`."""
-    spec = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+    """Global arrays split over rows across the batch axes of `mesh` (replicated over tensor)."""
+    spec = NamedSharding(mesh, P(tuple(a for a in mesh.axis_names if a != "tensor")))
     return [None if x is None else jax.device_put(x, spec) for x in xs]
 
 
@@ -182,6 +182,7 @@ def test_negatives_without_keys_are_never_masked():
         ((4, 2), 0, True, 3),  # 4 local rows in blocks of 3: padded
         ((4, 2), 2, True, 2),
         ((8,), 1, False, 1),
+        ((2, 2, 2), 2, True, 3),  # a tensor axis: rows split 4 ways, replicated over tensor
     ],
 )
 def test_sharded_matches_reference(shape, k, keys, block_size):
@@ -331,9 +332,12 @@ def _e5_reference(q, p, neg, teacher, cfg, pk, nk):
 @pytest.mark.parametrize("block_size", [0, 3])
 def test_e5_loss_sharded_matches_reference(block_size):
     cfg = LossConfig(
-        temperature=0.02, kd_weight=1.0, infonce_weight=0.3, teacher_temperature=2.0,
+        temperature=0.02,
+        kd_weight=1.0,
+        infonce_weight=0.3,
+        teacher_temperature=2.0,
         block_size=block_size,
-    )  # fmt: skip
+    )
     mesh = _mesh((4, 2))
     q, p, neg, pk, nk = _batch(32, 3, seed=9)
     teacher = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32) * 4
@@ -341,12 +345,10 @@ def test_e5_loss_sharded_matches_reference(block_size):
         lambda q, p, neg: _e5_reference(q, p, neg, teacher, cfg, pk, nk), q, p, neg
     )
     qs, ps, ns, pks, nks, ts = _shard(mesh, q, p, neg, pk, nk, teacher)
-    got = _value_and_grads(
-        lambda q, p, neg: e5_loss(
-            q, p, neg, ts, cfg, passage_keys=pks, negative_keys=nks, mesh=mesh
-        ),
-        qs, ps, ns,
-    )  # fmt: skip
+    sharded = lambda q, p, neg: e5_loss(  # noqa: E731
+        q, p, neg, ts, cfg, passage_keys=pks, negative_keys=nks, mesh=mesh
+    )
+    got = _value_and_grads(sharded, qs, ps, ns)
     _assert_same(got, want)
     assert float(got[1]["kd_loss"]) > 0.01  # KD really contributes
 

@@ -5,6 +5,15 @@ Pair = (entity name + section title, section passage); the lead section's
 query is the entity name alone. Redirects, disambiguation pages, pages outside
 the article namespace and boilerplate sections (References, See also…) are
 skipped.
+
+Speed: building mwparserfromhell's node tree costs ~1 µs per character, and a
+whole article is mostly markup we throw away. So before parsing, blocks that
+would be dropped whole are cut out with a linear bracket scan (comments,
+templates, tables, refs, math/gallery/… tags, File/Image/Category links); the
+article is then split into sections on its heading lines, boilerplate sections
+are skipped unparsed, and of each kept section only as much is parsed as the
+passage can use (`PASSAGE_WORDS`, the shared cleaning's default word bound).
+mwparserfromhell still does the markup removal on everything that is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import mwparserfromhell
 from mwparserfromhell.nodes import Heading, Tag, Template, Wikilink
 from mwparserfromhell.wikicode import Wikicode
 
+from e5jax.data.harvest.cleaning import CleanConfig
 from e5jax.data.harvest.streams import OVERSIZED, iter_xml_records
 from e5jax.data.harvest.types import Drop, Pair, Record, Source
 
@@ -26,10 +36,34 @@ _SKIP_SECTIONS = {
 _DISAMBIG = re.compile(r"^(disambig|disambiguation|dab|hndis|geodis|surname|given name|set index)\b", re.I)
 # Links that are media or categories, not prose: their "text" is layout (thumb|left|…).
 _NON_PROSE_LINK = re.compile(r"^\s*:?\s*(file|image|category|media)\s*:", re.I)
-# Tags whose content is not prose.
 # Bold/italic quote runs (left as text by skip_style_tags; removed afterwards).
 _STYLE_QUOTES = re.compile(r"'{2,5}")
+# Tags whose content is not prose.
 _NON_PROSE_TAGS = {"ref", "table", "gallery", "math", "score", "timeline", "references", "syntaxhighlight"}
+
+# Words of prose a passage needs: the shared cleaning cuts passages to this
+# many words by default, so parsing further into a section is wasted work.
+PASSAGE_WORDS = CleanConfig.max_passage_words
+# Raw characters parsed first per section (cut at the next line end): enough
+# for PASSAGE_WORDS of prose in most sections; the rest is parsed only if not.
+_FIRST_CHUNK_CHARS = 10 * PASSAGE_WORDS
+
+# --- cheap pre-cut of blocks that are dropped whole ---------------------------
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+# <ref …/> and <math …/>-style empty tags, then paired non-prose tags (no nesting).
+_EMPTY_TAG = re.compile(r"<(?:ref|references|gallery|math|score|timeline|syntaxhighlight)\b[^>]*/\s*>", re.I)
+_PAIRED_TAG = re.compile(
+    r"<(ref|references|gallery|math|score|timeline|syntaxhighlight|nowiki)\b[^>]*>"
+    r"(?:(?!<\1\b).)*?</\1\s*>", re.I | re.S)
+_BRACES = re.compile(r"\{\{|\}\}")
+_TABLE_EDGES = re.compile(r"^[ \t:]*(\{\||\|\})", re.M)
+_LINK_EDGES = re.compile(r"\[\[|\]\]")
+_TEMPLATE_NAME = re.compile(r"\{\{\s*([^|{}\n]*)")
+_MEDIA_LINK_AT = re.compile(r"\s*:?\s*(?:file|image|category|media)\s*:", re.I)  # _NON_PROSE_LINK, for match(text, pos)
+# Where a section may be cut: HTML tags (open, close, self-closing) and wikilink edges.
+_CUT_EDGES = re.compile(r"<(/?)([A-Za-z][\w-]*)\b[^<>]*?(/?)>|\[\[|\]\]")
+_VOID_TAGS = {"br", "hr", "wbr", "img", "source", "col", "area", "meta", "link", "input"}
+_HEADING = re.compile(r"^(={1,6})(.+?)\1[ \t]*$", re.M)
 
 
 def page_to_record(elem, max_chars: int) -> Record | Drop:
@@ -50,18 +84,64 @@ def read(path: str, max_chars: int) -> Iterator[Record | Drop]:
     yield from iter_xml_records(path, "{*}page", lambda e: page_to_record(e, max_chars), max_chars)
 
 
-def _is_disambiguation(title: str, code) -> bool:
-    if title.endswith("(disambiguation)"):
-        return True
-    return any(_DISAMBIG.match(str(t.name).strip()) for t in code.filter_templates(recursive=False))
+def _balanced_spans(text: str, edges: re.Pattern, opener: str, keep=None) -> list[tuple[int, int]]:
+    """Outermost balanced spans between `edges` matches (group 0 or 1 is the
+    opener or closer). An opener that never closes is literal text, as in
+    MediaWiki; spans closed inside it still count. `keep(start)` picks which
+    openers' spans are returned (all by default)."""
+    stack: list[tuple[int, bool]] = []
+    spans: list[tuple[int, int]] = []
+    for m in edges.finditer(text):
+        tok = m.group(m.lastindex or 0)
+        if tok == opener:
+            stack.append((m.start(), keep is None or keep(m.end())))
+        elif stack:
+            start, wanted = stack.pop()
+            if wanted:
+                spans.append((start, m.end()))
+    spans.sort()
+    outer: list[tuple[int, int]] = []
+    for s, e in spans:
+        if not outer or s >= outer[-1][1]:
+            outer.append((s, e))
+    return outer
 
 
-def _prose(section) -> str:
-    """Plain text of a section: templates, refs, tables, media links and the
-    heading removed; wikilinks become their visible text."""
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return text
+    parts, pos = [], 0
+    for s, e in spans:
+        parts.append(text[pos:s])
+        pos = e
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _precut(text: str) -> tuple[str, list[str]]:
+    """`text` without the blocks `_prose` would drop whole, and the names of its
+    top-level templates (for the disambiguation check)."""
+    text = _COMMENT.sub("", text)
+    text = _EMPTY_TAG.sub("", text)
+    text = _PAIRED_TAG.sub("", text)
+    spans = _balanced_spans(text, _BRACES, "{{")
+    names = [m.group(1).strip() for m in (_TEMPLATE_NAME.match(text, s) for s, _ in spans) if m]
+    text = _cut(text, spans)
+    text = _cut(text, _balanced_spans(text, _TABLE_EDGES, "{|"))
+    text = _cut(text, _balanced_spans(text, _LINK_EDGES, "[[", lambda i: _MEDIA_LINK_AT.match(text, i)))
+    return text, names
+
+
+def _is_disambiguation(title: str, template_names: list[str]) -> bool:
+    return title.endswith("(disambiguation)") or any(_DISAMBIG.match(n) for n in template_names)
+
+
+def _prose(code: Wikicode) -> str:
+    """Plain text of parsed wikitext: templates, refs, tables, media links and
+    headings removed; wikilinks become their visible text."""
     kept = [
         node
-        for node in section.nodes  # top level only: nested markup is stripped below
+        for node in code.nodes  # top level only: nested markup is stripped below
         if not isinstance(node, (Heading, Template))
         and not (isinstance(node, Tag) and str(node.tag).lower() in _NON_PROSE_TAGS)
         and not (isinstance(node, Wikilink) and _NON_PROSE_LINK.match(str(node.title)))
@@ -71,20 +151,63 @@ def _prose(section) -> str:
     return _STYLE_QUOTES.sub("", Wikicode(kept).strip_code(normalize=True, collapse=True))
 
 
+def _parse_prose(wikitext: str) -> str:
+    # skip_style_tags: ''italic''/'''bold''' need no tree of their own to be stripped.
+    return _prose(mwparserfromhell.parse(wikitext, skip_style_tags=True))
+
+
+def _safe_cut(body: str, start: int) -> int:
+    """The first line end at or after `start` that no HTML tag or wikilink
+    spans (so both halves parse as they would whole), or -1."""
+    depth, prev = 0, 0
+    for m in _CUT_EDGES.finditer(body):
+        if depth == 0 and m.start() > start:
+            nl = body.find("\n", max(prev, start), m.start())
+            if nl >= 0:
+                return nl
+        tok = m.group(0)
+        if tok == "[[":
+            depth += 1
+        elif tok == "]]":
+            depth = max(depth - 1, 0)
+        elif not m.group(3) and m.group(2).lower() not in _VOID_TAGS:  # not <br>, <x/>
+            depth = max(depth - 1, 0) if m.group(1) else depth + 1
+        prev = m.end()
+    return body.find("\n", max(prev, start)) if depth == 0 else -1
+
+
+def _section_prose(body: str) -> str:
+    """Prose of a section body, parsing only as much as a passage can use."""
+    cut = _safe_cut(body, _FIRST_CHUNK_CHARS) if len(body) > _FIRST_CHUNK_CHARS else -1
+    if cut < 0:
+        return _parse_prose(body)
+    first = _parse_prose(body[:cut])
+    if len(first.split()) >= PASSAGE_WORDS:
+        return first
+    return first + "\n" + _parse_prose(body[cut:])
+
+
+def _sections(text: str) -> Iterator[tuple[str, str]]:
+    """(heading title wikitext, body) of each section; the lead's heading is ""."""
+    pos, heading = 0, ""
+    for m in _HEADING.finditer(text):
+        yield heading, text[pos:m.start()]
+        pos, heading = m.end(), m.group(2)
+    yield heading, text[pos:]
+
+
 def to_pairs(rec: Record) -> Iterator[Pair | Drop]:
     title = rec["title"]
-    # skip_style_tags: ''italic''/'''bold''' need no tree of their own to be stripped.
-    code = mwparserfromhell.parse(rec["text"], skip_style_tags=True)
-    if _is_disambiguation(title, code):
+    text, template_names = _precut(rec["text"])
+    if _is_disambiguation(title, template_names):
         yield Drop("disambiguation")
         return
-    for section in code.get_sections(flat=True, include_lead=True):
-        headings = section.filter_headings(recursive=False)
-        heading = headings[0].title.strip_code().strip() if headings else ""
+    for raw_heading, body in _sections(text):
+        heading = mwparserfromhell.parse(raw_heading).strip_code().strip() if raw_heading else ""
         if heading.lower() in _SKIP_SECTIONS:
             yield Drop("boilerplate_section")
             continue
-        passage = _prose(section)
+        passage = _section_prose(body) if body.strip() else ""
         if not passage.strip():
             yield Drop("empty_section")
             continue
