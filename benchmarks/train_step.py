@@ -52,7 +52,6 @@ def _texts(batch: int, step: int, max_len: int):
 
 def worker_e5jax(a) -> dict:
     import jax
-    import numpy as np
 
     from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
     from e5jax.data.pipeline import bucket_lengths, pad_to_bucket
@@ -99,10 +98,7 @@ def worker_e5jax(a) -> dict:
         bert_cfg = hf.read_config(model_dir())[0]
     shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn, _ = jit_steps(cfg, graphdef, mesh, shardings)
-    sh = ax.batch_sharding(mesh, 1)
-    batches = [{k: jax.device_put(v, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ax.BATCH_AXES)))
-                for k, v in b.items()} for b in host_batches]
-    del sh
+    batches = [{k: jax.device_put(v, ax.batch_sharding(mesh, v.ndim)) for k, v in b.items()} for b in host_batches]
 
     # Ahead-of-time compile, once per distinct shape (not counted in step time).
     compiled, compile_s = {}, 0.0
@@ -128,9 +124,9 @@ def worker_e5jax(a) -> dict:
             losses.append(loss)
     return dict(times=times, compile_s=compile_s, shapes=len(compiled), tokenize_s=tokenize_s,
                 lengths=lengths, real=real, losses=losses, rss_mib=peak_rss_mib(),
-                rss_after_compile_mib=rss_after_compile, nonemb=None,
+                rss_after_compile_mib=rss_after_compile,
                 flops_cfg=dict(hidden_size=bert_cfg.hidden_size, intermediate_size=bert_cfg.intermediate_size,
-                               num_hidden_layers=bert_cfg.num_hidden_layers), np_ver=np.__version__)
+                               num_hidden_layers=bert_cfg.num_hidden_layers))
 
 
 def worker_st(a) -> dict:
@@ -205,7 +201,6 @@ MINILM = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6)
 def summarise(name: str, r: dict, batch: int, peak: dict | None, cfg: dict) -> dict:
     m = Model(cfg)
     t = median(r["times"])
-    useful = model_flops(m, r["real"], train=True) / len(r["times"]) if False else None  # noqa: F841
     steps = len(r["lengths"]) // (2 * batch)
     flops_real = model_flops(m, r["real"], train=True) / steps
     flops_comp = model_flops(m, r["lengths"], train=True) / steps

@@ -11,8 +11,11 @@ import bz2
 import gzip
 import io
 import json
+import multiprocessing
 import zlib
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import IO, Any
 
 import zstandard
@@ -191,3 +194,44 @@ def iter_xml_records(
         except etree.XMLSyntaxError:  # unrecoverable even in recover mode
             yield from judged(None)
             yield Drop(BAD_XML)
+
+
+def _apply_all(fn: Callable[[Any], Any], items: list) -> list:
+    return [fn(x) for x in items]
+
+
+def map_in_processes(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int, batch: int = 4, ahead: int = 3
+) -> Iterator[Any]:
+    """`map(fn, items)` in `workers` processes, results in input order.
+
+    Memory stays flat: at most `workers * ahead` batches of `batch` items are
+    in flight (unlike `Pool.imap`, whose feeder thread drains `items` eagerly).
+    `items` is consumed in this process; `fn` must be a module-level function.
+    Workers are forked where the platform can (a pool starts in milliseconds,
+    where spawning costs a fresh interpreter each); closing the generator
+    early terminates them.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    it = iter(items)
+    pending: deque = deque()
+    with ctx.Pool(workers) as pool:  # __exit__ terminates the workers
+
+        def submit() -> bool:
+            chunk = list(islice(it, batch))
+            if chunk:
+                pending.append(pool.apply_async(_apply_all, (fn, chunk)))
+            return bool(chunk)
+
+        more = True
+        while more and len(pending) < workers * ahead:
+            more = submit()
+        while pending:
+            done = pending.popleft().get()
+            if more:
+                more = submit()
+            yield from done

@@ -18,6 +18,7 @@ mwparserfromhell still does the markup removal on everything that is kept.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 
@@ -26,7 +27,7 @@ from mwparserfromhell.nodes import Heading, Tag, Template, Wikilink
 from mwparserfromhell.wikicode import Wikicode
 
 from e5jax.data.harvest.cleaning import CleanConfig
-from e5jax.data.harvest.streams import OVERSIZED, iter_xml_records
+from e5jax.data.harvest.streams import OVERSIZED, iter_xml_records, map_in_processes
 from e5jax.data.harvest.types import Drop, Pair, Record, Source
 
 _SKIP_SECTIONS = {
@@ -44,9 +45,13 @@ _NON_PROSE_TAGS = {"ref", "table", "gallery", "math", "score", "timeline", "refe
 # Words of prose a passage needs: the shared cleaning cuts passages to this
 # many words by default, so parsing further into a section is wasted work.
 PASSAGE_WORDS = CleanConfig.max_passage_words
-# Raw characters parsed first per section (cut at the next line end): enough
-# for PASSAGE_WORDS of prose in most sections; the rest is parsed only if not.
-_FIRST_CHUNK_CHARS = 10 * PASSAGE_WORDS
+# Raw (pre-cut) characters parsed per missing word of prose: a section is
+# parsed in chunks of about this many characters per word still needed,
+# so most sections take one parse; a remainder under _CHUNK_SLACK is not split off.
+_CHARS_PER_WORD = 9
+_CHUNK_SLACK = 1000
+
+WORKERS_ENV = "E5JAX_HARVEST_WORKERS"
 
 # --- cheap pre-cut of blocks that are dropped whole ---------------------------
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
@@ -59,10 +64,11 @@ _BRACES = re.compile(r"\{\{|\}\}")
 _TABLE_EDGES = re.compile(r"^[ \t:]*(\{\||\|\})", re.M)
 _LINK_EDGES = re.compile(r"\[\[|\]\]")
 _TEMPLATE_NAME = re.compile(r"\{\{\s*([^|{}\n]*)")
-_MEDIA_LINK_AT = re.compile(r"\s*:?\s*(?:file|image|category|media)\s*:", re.I)  # _NON_PROSE_LINK, for match(text, pos)
+_MEDIA_LINK = re.compile(r"\[\[\s*:?\s*(?:file|image|category|media)\s*:", re.I)  # as _NON_PROSE_LINK
 # Where a section may be cut: HTML tags (open, close, self-closing) and wikilink edges.
 _CUT_EDGES = re.compile(r"<(/?)([A-Za-z][\w-]*)\b[^<>]*?(/?)>|\[\[|\]\]")
 _VOID_TAGS = {"br", "hr", "wbr", "img", "source", "col", "area", "meta", "link", "input"}
+_MARKUP_HINT = re.compile(r"[\[\]{}<>'&_]")  # characters that can start wikitext markup
 _HEADING = re.compile(r"^(={1,6})(.+?)\1[ \t]*$", re.M)
 
 
@@ -80,14 +86,35 @@ def page_to_record(elem, max_chars: int) -> Record | Drop:
     return {"title": elem.findtext("{*}title") or "", "id": elem.findtext("{*}id") or "", "text": text}
 
 
+def workers() -> int:
+    """Processes that parse pages: `E5JAX_HARVEST_WORKERS`, else one per CPU
+    this process may use. 1 parses in the reading process."""
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def read(path: str, max_chars: int) -> Iterator[Record | Drop]:
-    yield from iter_xml_records(path, "{*}page", lambda e: page_to_record(e, max_chars), max_chars)
+    """Article records of a dump. With more than one worker the pages are
+    also parsed here, in worker processes, while this process reads on: each
+    record then carries its `pairs`, which `to_pairs` passes on."""
+    records = iter_xml_records(path, "{*}page", lambda e: page_to_record(e, max_chars), max_chars)
+    n = workers()
+    yield from records if n <= 1 else map_in_processes(_with_pairs, records, n)
+
+
+def _with_pairs(rec: Record | Drop) -> Record | Drop:
+    if isinstance(rec, Drop):
+        return rec
+    return {"title": rec["title"], "id": rec["id"], "pairs": list(_parse_page(rec))}
 
 
 def _balanced_spans(text: str, edges: re.Pattern, opener: str, keep=None) -> list[tuple[int, int]]:
     """Outermost balanced spans between `edges` matches (group 0 or 1 is the
     opener or closer). An opener that never closes is literal text, as in
-    MediaWiki; spans closed inside it still count. `keep(start)` picks which
+    MediaWiki; spans closed inside it still count. `keep(i)` (i: where the
+    opener ends) picks which
     openers' spans are returned (all by default)."""
     stack: list[tuple[int, bool]] = []
     spans: list[tuple[int, int]] = []
@@ -128,7 +155,9 @@ def _precut(text: str) -> tuple[str, list[str]]:
     names = [m.group(1).strip() for m in (_TEMPLATE_NAME.match(text, s) for s, _ in spans) if m]
     text = _cut(text, spans)
     text = _cut(text, _balanced_spans(text, _TABLE_EDGES, "{|"))
-    text = _cut(text, _balanced_spans(text, _LINK_EDGES, "[[", lambda i: _MEDIA_LINK_AT.match(text, i)))
+    media = {m.start() + 2 for m in _MEDIA_LINK.finditer(text)}
+    if media:
+        text = _cut(text, _balanced_spans(text, _LINK_EDGES, "[[", media.__contains__))
     return text, names
 
 
@@ -156,11 +185,12 @@ def _parse_prose(wikitext: str) -> str:
     return _prose(mwparserfromhell.parse(wikitext, skip_style_tags=True))
 
 
-def _safe_cut(body: str, start: int) -> int:
+def _safe_cut(body: str, start: int, scan_from: int = 0) -> int:
     """The first line end at or after `start` that no HTML tag or wikilink
-    spans (so both halves parse as they would whole), or -1."""
-    depth, prev = 0, 0
-    for m in _CUT_EDGES.finditer(body):
+    opened after `scan_from` spans (so both sides parse as they would
+    whole), or -1."""
+    depth, prev = 0, scan_from
+    for m in _CUT_EDGES.finditer(body, scan_from):
         if depth == 0 and m.start() > start:
             nl = body.find("\n", max(prev, start), m.start())
             if nl >= 0:
@@ -177,14 +207,19 @@ def _safe_cut(body: str, start: int) -> int:
 
 
 def _section_prose(body: str) -> str:
-    """Prose of a section body, parsing only as much as a passage can use."""
-    cut = _safe_cut(body, _FIRST_CHUNK_CHARS) if len(body) > _FIRST_CHUNK_CHARS else -1
-    if cut < 0:
-        return _parse_prose(body)
-    first = _parse_prose(body[:cut])
-    if len(first.split()) >= PASSAGE_WORDS:
-        return first
-    return first + "\n" + _parse_prose(body[cut:])
+    """Prose of a section body, parsing only as much as a passage can use:
+    chunks cut at safe line ends, sized by the words still missing."""
+    pieces, words, pos = [], 0, 0
+    while pos < len(body):
+        budget = _CHARS_PER_WORD * (PASSAGE_WORDS - words)
+        end = _safe_cut(body, pos + budget, pos) if len(body) - pos > budget + _CHUNK_SLACK else -1
+        prose = _parse_prose(body[pos:] if end < 0 else body[pos:end])
+        pieces.append(prose)
+        words += len(prose.split())
+        if end < 0 or words >= PASSAGE_WORDS:
+            break
+        pos = end
+    return "\n".join(pieces)
 
 
 def _sections(text: str) -> Iterator[tuple[str, str]]:
@@ -197,13 +232,22 @@ def _sections(text: str) -> Iterator[tuple[str, str]]:
 
 
 def to_pairs(rec: Record) -> Iterator[Pair | Drop]:
+    """Pairs of one article record (`title`, `id`, `text`), or the pairs a
+    worker already parsed for it (`pairs`, see `read`)."""
+    if "pairs" in rec:
+        return iter(rec["pairs"])
+    return _parse_page(rec)
+
+
+def _parse_page(rec: Record) -> Iterator[Pair | Drop]:
     title = rec["title"]
     text, template_names = _precut(rec["text"])
     if _is_disambiguation(title, template_names):
         yield Drop("disambiguation")
         return
     for raw_heading, body in _sections(text):
-        heading = mwparserfromhell.parse(raw_heading).strip_code().strip() if raw_heading else ""
+        heading = (mwparserfromhell.parse(raw_heading).strip_code() if _MARKUP_HINT.search(raw_heading)
+                   else raw_heading).strip()
         if heading.lower() in _SKIP_SECTIONS:
             yield Drop("boilerplate_section")
             continue
