@@ -99,9 +99,10 @@ def block_bounds(n: int, block_size: int) -> list[tuple[int, int]]:
 
 
 def rank_histogram(ranks: np.ndarray) -> dict[str, int]:
-    r = np.asarray(ranks)
-    return {label: int(np.sum((r >= lo) & (r <= (hi if hi is not None else np.iinfo(np.int64).max))))
-            for label, lo, hi in RANK_BINS}
+    """Counts of ranks per RANK_BINS label."""
+    edges = [lo for _, lo, _ in RANK_BINS[1:]]  # a rank r falls in bin #(edges <= r)
+    counts = np.bincount(np.searchsorted(edges, np.asarray(ranks, np.int64), side="right"), minlength=len(RANK_BINS))
+    return {label: int(c) for (label, _, _), c in zip(RANK_BINS, counts)}
 
 
 def _text(v) -> str:
@@ -265,46 +266,47 @@ def _json_line(r: dict) -> str:
     return json.dumps(d, ensure_ascii=False) + "\n"
 
 
-def write_shards(work: pathlib.Path, source, keep: np.ndarray, others: dict, shard_size: int,
-                 hash_a: set, ranks: np.ndarray) -> dict:
+def write_shards(work: pathlib.Path, source, keep: np.ndarray, ranks: np.ndarray, others: dict, shard_size: int,
+                 hash_a: set) -> dict:
     """Kept pairs of the filtered split + every record of the other splits -> work/kept/*.jsonl.
 
-    Returns the report's counts (per source, reserve-pool pairs, copied splits)."""
+    Returns the report's counts: per source, pairs ranked against the reserve pool, copied splits."""
     out_dir = work / "kept"
     out_dir.mkdir(exist_ok=True)
-    for old in out_dir.glob("*.jsonl"):  # a finalize killed half-way: start the shards over
+    for old in out_dir.glob("*.jsonl"):  # a finalize killed half-way: write the shards again
         old.unlink()
-    lines, shard_no = [], 0
+    lines: list[str] = []
+    shard_no = 0
 
-    def flush(final: bool = False):
+    def flush(final: bool = False) -> None:
         nonlocal lines, shard_no
         if lines and (final or len(lines) >= shard_size):
             _atomic_write(out_dir / f"part-{shard_no:05d}.jsonl", "".join(lines).encode("utf-8"))
             lines, shard_no = [], shard_no + 1
 
-    per_source: dict[str, dict] = {}
+    source_ids: dict[str, int] = {}
+    src_of = np.zeros(len(source), np.int32)  # a small int per pair, not a string: 1e9 pairs fit
     reserve = 0
     for lo, hi in block_bounds(len(source), 4096):
         for i, r in zip(range(lo, hi), source.__getitems__(list(range(lo, hi)))):
-            s = per_source.setdefault(_text(r["source"]), {"pairs": 0, "kept": 0, "ranks": []})
-            s["pairs"] += 1
-            s["ranks"].append(int(ranks[i]))
+            src_of[i] = source_ids.setdefault(_text(r["source"]), len(source_ids))
             reserve += text_hash(r["passage"]) in hash_a
             if keep[i]:
-                s["kept"] += 1
                 lines.append(_json_line(r))
                 flush()
     copied = {}
     for split, src in others.items():
         copied[split] = len(src)
         for lo, hi in block_bounds(len(src), 4096):
-            for r in src.__getitems__(list(range(lo, hi))):
-                lines.append(_json_line(r))
-                flush()
+            lines += [_json_line(r) for r in src.__getitems__(list(range(lo, hi)))]
+            flush()
     flush(final=True)
-    sources = {k: {"pairs": v["pairs"], "kept": v["kept"], "kept_fraction": v["kept"] / v["pairs"],
-                   "rank_histogram": rank_histogram(np.asarray(v["ranks"]))} for k, v in sorted(per_source.items())}
-    return {"per_source": sources, "ranked_against_reserve_pool": int(reserve), "copied_splits": copied}
+    per_source = {}
+    for name, sid in sorted(source_ids.items()):
+        m = src_of == sid
+        per_source[name] = {"pairs": int(m.sum()), "kept": int(keep[m].sum()), "kept_fraction": float(keep[m].mean()),
+                            "rank_histogram": rank_histogram(ranks[m])}
+    return {"per_source": per_source, "ranked_against_reserve_pool": int(reserve), "copied_splits": copied}
 
 
 def format_report(rep: dict) -> str:
@@ -390,6 +392,8 @@ def filter_dataset(
     n = len(source)
     if n == 0:
         raise E5Error(f"split {cfg.split!r} of {name!r} is empty")
+    if not overwrite and (pathlib.Path(data_dir) / output_name / builder.VERSION / "dataset_info.json").exists():
+        raise E5Error(f"dataset {output_name!r} already exists in {data_dir}; pass --overwrite or another --output-name")
     work = work_dir(data_dir, output_name)
     bounds = block_bounds(n, cfg.block_size)
     plan = {"version": PLAN_VERSION, "dataset": str(builder.dataset_dir(data_dir, name).resolve()), "pairs": n,
@@ -450,7 +454,7 @@ def _finalize(work, source, bounds, cfg: FilterConfig, *, data_dir, name, output
     meta = builder.load_summary(data_dir, name)
     splits = tfds.builder_from_directory(str(builder.dataset_dir(data_dir, name))).info.splits
     others = {s: builder.load_source(data_dir, name, s) for s in sorted(splits) if s != cfg.split}
-    counts = write_shards(work, source, keep, others, shard_size, _pool_hashes(work, source, cfg), ranks)
+    counts = write_shards(work, source, keep, ranks, others, shard_size, _pool_hashes(work, source, cfg))
     summary = builder.build_dataset([work / "kept"], data_dir=data_dir, name=output_name,
                                     heldout_fraction=float(meta.get("heldout_fraction", 0.0)),
                                     max_chars=int(meta.get("max_chars", 20_000)),

@@ -142,8 +142,14 @@ def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, rules=
     abstract = nnx.eval_shape(lambda: TextEncoder(cfg, rngs=nnx.Rngs(0), **kwargs))
     shapes = {k.removeprefix("bert/"): tuple(v.shape) for k, v in hf.flatten_state(nnx.state(abstract)).items()}
     params, _ = hf.hf_to_params(cfg, tensors, shapes)
-    with_pooler = "pooler/kernel" in params
-    return create_sharded(cfg, mesh, rules, params=params, with_pooler=with_pooler, **kwargs)
+    if "pooler/kernel" not in params:
+        # Checkpoints saved without HF's pooler (add_pooling_layer=False) get a fresh
+        # one, as transformers does, so every e5jax encoder has one parameter layout.
+        rng = np.random.default_rng(0)
+        params["pooler/kernel"] = (rng.standard_normal(shapes["pooler/kernel"]) * cfg.initializer_range
+                                   ).astype(np.float32)
+        params["pooler/bias"] = np.zeros(shapes["pooler/bias"], np.float32)
+    return create_sharded(cfg, mesh, rules, params=params, **kwargs)
 
 
 def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:

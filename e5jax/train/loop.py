@@ -25,7 +25,7 @@ from e5jax.model import axes as ax
 from e5jax.train import checkpoint as ckpt
 from e5jax.train.metrics import MetricWriter, Progress
 from e5jax.train.optimizer import schedule
-from e5jax.train.state import abstract_state, create_state, load_tokenizer
+from e5jax.train.state import abstract_state, create_state, load_tokenizer, load_trained  # noqa: F401
 from e5jax.train.step import make_eval_step, make_train_step
 
 
@@ -199,22 +199,3 @@ def _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log) -> dict[s
         log(f"held-out ({n} batches of {cfg.train.batch_size}): loss {out['loss']:.4f} "
             f"accuracy {out['accuracy']:.3f} (chance {1 / cfg.train.batch_size:.3f})")
     return out
-
-
-def load_trained(workdir: str, *, mesh=None, step: int | None = None):
-    """(TextEncoder, tokenizer, Config) from a training workdir's newest (or given) checkpoint."""
-    from e5jax.config import from_dict
-
-    cfg_path = epath.Path(workdir) / "config.json"
-    if not cfg_path.exists():
-        raise E5Error(f"{workdir} is not an e5jax training workdir (no config.json)")
-    cfg = from_dict(json.loads(cfg_path.read_text()))
-    mesh = mesh or ax.make_mesh(cfg.mesh.__class__(), jax.devices()[:1])
-    graphdef, abstract, shardings = abstract_state(cfg, mesh)
-    mngr = ckpt.manager(workdir, keep=cfg.train.keep_checkpoints)
-    try:
-        _, state = ckpt.restore(mngr, abstract, shardings, step=step)
-    finally:
-        mngr.close()
-    model, _ = nnx.merge(graphdef, state)
-    return model, load_tokenizer(cfg), cfg

@@ -30,6 +30,8 @@ def scratch_config(cfg: Config) -> BertConfig:
 
 
 def tokenizer_path(cfg: Config) -> str:
+    if not cfg.model.tokenizer and is_workdir(cfg.model.init):
+        return tokenizer_path(workdir_config(cfg.model.init))
     path = cfg.model.tokenizer or cfg.model.init
     if not path:
         raise E5Error("set model.tokenizer (a folder with a HF tokenizer) for a model trained from scratch")
@@ -45,9 +47,47 @@ def load_tokenizer(cfg: Config):
     return AutoTokenizer.from_pretrained(path)
 
 
+def is_workdir(path: str) -> bool:
+    """A training workdir (config.json + checkpoints/), e.g. pre-training's, to fine-tune from."""
+    return bool(path) and (pathlib.Path(path) / "checkpoints").is_dir() and (pathlib.Path(path) / "config.json").is_file()
+
+
+def _with_dropout(bert: BertConfig, dropout: float) -> BertConfig:
+    if dropout < 0:
+        return bert
+    return dataclasses.replace(bert, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+
+
+def bert_config(cfg: Config) -> BertConfig:
+    """The architecture a Config trains: from its init folder / workdir, or its scratch arch file."""
+    from e5jax.model import hf
+
+    if is_workdir(cfg.model.init):
+        return _with_dropout(bert_config(workdir_config(cfg.model.init)), cfg.model.dropout)
+    if cfg.model.init:
+        bert, _ = hf.read_config(pathlib.Path(cfg.model.init))
+        return _with_dropout(bert, cfg.model.dropout)
+    return scratch_config(cfg)
+
+
+def workdir_config(workdir: str) -> Config:
+    from e5jax.config import from_dict
+
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise E5Error(f"{workdir} is not an e5jax training workdir (no config.json)")
+    return from_dict(json.loads(path.read_text()))
+
+
 def create_model(cfg: Config, mesh: Mesh) -> TextEncoder:
     m = cfg.model
     kwargs = dict(pooling=m.pooling, normalize=m.normalize, dtype=m.dtype, remat=m.remat)
+    if is_workdir(m.init):
+        # Fine-tuning from a pre-training run: its newest checkpoint's encoder weights.
+        from e5jax.model.encoder import encoder_params
+
+        trained, _, _ = load_trained(m.init)
+        return create_sharded(bert_config(cfg), mesh, cfg.mesh.rules, params=encoder_params(trained), **kwargs)
     if m.init:
         return load_pretrained(m.init, mesh=mesh, rules=cfg.mesh.rules, dropout=m.dropout, **kwargs)
     return create_sharded(scratch_config(cfg), mesh, cfg.mesh.rules, seed=cfg.train.seed, **kwargs)
@@ -72,22 +112,32 @@ def state_shardings(state: nnx.State, cfg: Config, mesh: Mesh):
 def abstract_state(cfg: Config, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State, object]:
     """Shapes and shardings only (nothing allocated) — the restore target."""
 
-    def build():
-        if cfg.model.init:
-            from e5jax.model import hf
+    bert = bert_config(cfg)
 
-            bert, _ = hf.read_config(pathlib.Path(cfg.model.init))
-            if cfg.model.dropout >= 0:
-                bert = dataclasses.replace(bert, hidden_dropout_prob=cfg.model.dropout,
-                                           attention_probs_dropout_prob=cfg.model.dropout)
-            with_pooler = True
-        else:
-            bert, with_pooler = scratch_config(cfg), True
+    def build():
         m = TextEncoder(bert, pooling=cfg.model.pooling, normalize=cfg.model.normalize, dtype=cfg.model.dtype,
-                        remat=cfg.model.remat, with_pooler=with_pooler, rngs=nnx.Rngs(0))
+                        remat=cfg.model.remat, with_pooler=True, rngs=nnx.Rngs(0))
         opt = nnx.Optimizer(m, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
         return m, opt
 
     abstract = nnx.eval_shape(build)
     graphdef, state = nnx.split(abstract)
     return graphdef, state, state_shardings(state, cfg, mesh)
+
+
+def load_trained(workdir: str, *, mesh: Mesh | None = None, step: int | None = None):
+    """(TextEncoder, tokenizer, Config) from a training workdir's newest (or given) checkpoint,
+    restored onto `mesh` (default: one device) whatever mesh saved it."""
+    from e5jax.config import MeshConfig
+    from e5jax.train import checkpoint as ckpt
+
+    cfg = workdir_config(workdir)
+    mesh = mesh or ax.make_mesh(MeshConfig(), jax.devices()[:1])
+    graphdef, abstract, shardings = abstract_state(cfg, mesh)
+    mngr = ckpt.manager(workdir, keep=cfg.train.keep_checkpoints)
+    try:
+        _, state = ckpt.restore(mngr, abstract, shardings, step=step)
+    finally:
+        mngr.close()
+    model, _ = nnx.merge(graphdef, state)
+    return model, load_tokenizer(cfg), cfg

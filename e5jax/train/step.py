@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from e5jax.config import Config
-from e5jax.loss import e5_loss
+from e5jax.loss import e5_loss, student_list_scores
 from e5jax.model import axes as ax
 from e5jax.model.encoder import TextEncoder
 
@@ -52,6 +52,12 @@ def _tower_inputs(batch: Batch) -> list[tuple[str, jax.Array, jax.Array]]:
 def batch_loss(q, p, neg, batch: Batch, cfg: Config, mesh: Mesh | None):
     """The loss on embeddings (InfoNCE over the global batch, + KD when configured)."""
     teacher = batch.get("teacher_scores") if cfg.loss.kd_weight > 0 else None
+    if teacher is not None and neg is not None:
+        # Records without teacher scores arrive as NaN rows: give them the
+        # student's own (constant) distribution, so they add no KD loss or gradient.
+        own = jax.lax.stop_gradient(student_list_scores(q, p, neg, cfg.loss.temperature))
+        missing = ~jnp.isfinite(teacher).all(axis=-1, keepdims=True)
+        teacher = jnp.where(missing, own * cfg.loss.teacher_temperature, teacher)
     return e5_loss(q, p, neg, teacher, cfg.loss, passage_keys=batch.get("passage_key"),
                    negative_keys=batch.get("negative_key"), mesh=mesh, batch_axes=ax.BATCH_AXES)
 

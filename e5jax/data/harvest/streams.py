@@ -201,7 +201,7 @@ def _apply_all(fn: Callable[[Any], Any], items: list) -> list:
 
 
 def map_in_processes(
-    fn: Callable[[Any], Any], items: Iterable[Any], workers: int, batch: int = 4, ahead: int = 3
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int, batch: int = 2, ahead: int = 8
 ) -> Iterator[Any]:
     """`map(fn, items)` in `workers` processes, results in input order.
 

@@ -48,7 +48,7 @@ PASSAGE_WORDS = CleanConfig.max_passage_words
 # Raw (pre-cut) characters parsed per missing word of prose: a section is
 # parsed in chunks of about this many characters per word still needed,
 # so most sections take one parse; a remainder under _CHUNK_SLACK is not split off.
-_CHARS_PER_WORD = 9
+_CHARS_PER_WORD = 7
 _CHUNK_SLACK = 1000
 
 WORKERS_ENV = "E5JAX_HARVEST_WORKERS"
@@ -59,7 +59,7 @@ _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 _EMPTY_TAG = re.compile(r"<(?:ref|references|gallery|math|score|timeline|syntaxhighlight)\b[^>]*/\s*>", re.I)
 _PAIRED_TAG = re.compile(
     r"<(ref|references|gallery|math|score|timeline|syntaxhighlight|nowiki)\b[^>]*>"
-    r"(?:(?!<\1\b).)*?</\1\s*>", re.I | re.S)
+    r"[^<]*(?:<(?!/?\1\b)[^<]*)*</\1\s*>", re.I)  # content: no nested open or close of itself
 _BRACES = re.compile(r"\{\{|\}\}")
 _TABLE_EDGES = re.compile(r"^[ \t:]*(\{\||\|\})", re.M)
 _LINK_EDGES = re.compile(r"\[\[|\]\]")
@@ -110,28 +110,39 @@ def _with_pairs(rec: Record | Drop) -> Record | Drop:
     return {"title": rec["title"], "id": rec["id"], "pairs": list(_parse_page(rec))}
 
 
-def _balanced_spans(text: str, edges: re.Pattern, opener: str, keep=None) -> list[tuple[int, int]]:
+def _balanced_spans(text: str, edges: re.Pattern, opener: str) -> list[tuple[int, int]]:
     """Outermost balanced spans between `edges` matches (group 0 or 1 is the
     opener or closer). An opener that never closes is literal text, as in
-    MediaWiki; spans closed inside it still count. `keep(i)` (i: where the
-    opener ends) picks which
-    openers' spans are returned (all by default)."""
-    stack: list[tuple[int, bool]] = []
+    MediaWiki; spans closed inside it still count."""
+    stack: list[int] = []
     spans: list[tuple[int, int]] = []
     for m in edges.finditer(text):
-        tok = m.group(m.lastindex or 0)
-        if tok == opener:
-            stack.append((m.start(), keep is None or keep(m.end())))
+        if m.group(m.lastindex or 0) == opener:
+            stack.append(m.start())
         elif stack:
-            start, wanted = stack.pop()
-            if wanted:
-                spans.append((start, m.end()))
+            spans.append((stack.pop(), m.end()))
     spans.sort()
     outer: list[tuple[int, int]] = []
     for s, e in spans:
         if not outer or s >= outer[-1][1]:
             outer.append((s, e))
     return outer
+
+
+def _media_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of File:/Image:/Category:/Media: links, captions (with their own
+    links) included; one that never closes is left alone."""
+    spans: list[tuple[int, int]] = []
+    for m in _MEDIA_LINK.finditer(text):
+        if spans and m.start() < spans[-1][1]:
+            continue  # inside the caption of the previous one
+        depth = 0
+        for e in _LINK_EDGES.finditer(text, m.start()):
+            depth += 1 if e.group() == "[[" else -1
+            if depth == 0:
+                spans.append((m.start(), e.end()))
+                break
+    return spans
 
 
 def _cut(text: str, spans: list[tuple[int, int]]) -> str:
@@ -155,9 +166,7 @@ def _precut(text: str) -> tuple[str, list[str]]:
     names = [m.group(1).strip() for m in (_TEMPLATE_NAME.match(text, s) for s, _ in spans) if m]
     text = _cut(text, spans)
     text = _cut(text, _balanced_spans(text, _TABLE_EDGES, "{|"))
-    media = {m.start() + 2 for m in _MEDIA_LINK.finditer(text)}
-    if media:
-        text = _cut(text, _balanced_spans(text, _LINK_EDGES, "[[", media.__contains__))
+    text = _cut(text, _media_spans(text))
     return text, names
 
 
