@@ -47,6 +47,7 @@ import json
 import math
 import os
 import pathlib
+import socket
 import struct
 import time
 import zlib
@@ -58,8 +59,8 @@ from tqdm.auto import tqdm
 from e5jax.errors import E5Error
 
 PLAN_VERSION = 1
-# (label, lowest rank, highest rank or None = no bound): the report's rank histogram.
-RANK_BINS = (("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-100", 11, 100), (">100", 101, None))
+# (label, lowest rank): the report's rank histogram; each bin ends where the next starts.
+RANK_BINS = (("1", 1), ("2", 2), ("3-5", 3), ("6-10", 6), ("11-100", 11), (">100", 101))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +101,9 @@ def block_bounds(n: int, block_size: int) -> list[tuple[int, int]]:
 
 def rank_histogram(ranks: np.ndarray) -> dict[str, int]:
     """Counts of ranks per RANK_BINS label."""
-    edges = [lo for _, lo, _ in RANK_BINS[1:]]  # a rank r falls in bin #(edges <= r)
+    edges = [lo for _, lo in RANK_BINS[1:]]  # a rank r falls in bin #(edges <= r)
     counts = np.bincount(np.searchsorted(edges, np.asarray(ranks, np.int64), side="right"), minlength=len(RANK_BINS))
-    return {label: int(c) for (label, _, _), c in zip(RANK_BINS, counts)}
+    return {label: int(c) for (label, _), c in zip(RANK_BINS, counts)}
 
 
 def _text(v) -> str:
@@ -111,7 +112,7 @@ def _text(v) -> str:
 
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     """Write + fsync a temporary file, then rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # hosts share the folder
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -151,12 +152,18 @@ def read_log(path: pathlib.Path) -> tuple[dict[int, tuple[int, int, np.ndarray, 
     return out, pos
 
 
-def append_record(path: pathlib.Path, record: bytes) -> None:
-    """Append one record durably; a torn tail left by a killed writer is cut off first."""
-    _, valid = read_log(path)
-    with open(path, "ab") as f:
-        if f.tell() != valid:
+def repair_log(path: pathlib.Path) -> None:
+    """Cut a torn tail left by a writer killed mid-record, so that appends start on a record boundary.
+
+    Only the log's owner calls this (at start-up), never while another process appends to it."""
+    if path.exists() and path.stat().st_size != (valid := read_log(path)[1]):
+        with open(path, "r+b") as f:
             f.truncate(valid)
+
+
+def append_record(path: pathlib.Path, record: bytes) -> None:
+    """Append one record and fsync: once this returns, the block survives a kill."""
+    with open(path, "ab") as f:
         f.write(record)
         f.flush()
         os.fsync(f.fileno())
@@ -309,19 +316,6 @@ def write_shards(work: pathlib.Path, source, keep: np.ndarray, ranks: np.ndarray
     return {"per_source": per_source, "ranked_against_reserve_pool": int(reserve), "copied_splits": copied}
 
 
-def format_report(rep: dict) -> str:
-    lines = [f"filter {rep['dataset']}[{rep['split']}] -> {rep['output']}: kept {rep['kept']} of {rep['pairs']} "
-             f"pairs ({100 * rep['kept_fraction']:.1f}%), pool {rep['pool_size']}, top-{rep['top_k']}"]
-    for src, s in rep["per_source"].items():
-        lines.append(f"  {src}: kept {s['kept']} of {s['pairs']} ({100 * s['kept_fraction']:.1f}%)")
-    hist = rep["rank_histogram"]
-    total = max(1, rep["pairs"])
-    lines.append("  rank: " + " | ".join(f"{k}: {v} ({100 * v / total:.1f}%)" for k, v in hist.items()))
-    if rep["copied_splits"]:
-        lines.append("  copied unchanged: " + ", ".join(f"{k} ({v})" for k, v in rep["copied_splits"].items()))
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------ the run
 
 
@@ -401,6 +395,7 @@ def filter_dataset(
     pid, nproc = jax.process_index(), jax.process_count()
     check_plan(work, plan)
     log = work / f"progress-p{pid:05d}.log"
+    repair_log(log)
 
     def encode(texts: list[str], prefix: str) -> np.ndarray:
         return encoder.encode(texts, prefix=prefix, max_length=cfg.max_length, batch_size=cfg.batch_size,

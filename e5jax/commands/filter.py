@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.shard_size < 1:
         raise E5Error("--shard-size must be >= 1")
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    from e5jax.data.ccpairs.builder import dataset_dir
+
+    dataset_dir(args.data_dir, args.name)  # a missing dataset fails before the model loads
     encoder = filt.load_encoder(args.model)
     report = filt.filter_dataset(
         encoder, data_dir=args.data_dir, name=args.name, output_name=args.output_name, cfg=cfg,
@@ -59,10 +62,23 @@ def run(args: argparse.Namespace) -> int:
         beam_runner=args.beam_runner,
     )  # fmt: skip
     if report is not None:  # process 0
-        print(filt.format_report(report))
+        print(format_report(report))
         run_ = report["this_run"]
         if run_["pairs_ranked"]:
             print(f"  this run: {run_['pairs_ranked']} pairs in {run_['seconds']:.1f} s "
                   f"({run_['pairs_per_second']:.1f} pairs/s)")
         print(f"  report: {filt.work_dir(args.data_dir, args.output_name) / 'report.json'}")
     return 0
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"filter {rep['dataset']}[{rep['split']}] -> {rep['output']}: kept {rep['kept']} of {rep['pairs']} "
+             f"pairs ({100 * rep['kept_fraction']:.1f}%), pool {rep['pool_size']}, top-{rep['top_k']}"]
+    for src, s in rep["per_source"].items():
+        lines.append(f"  {src}: kept {s['kept']} of {s['pairs']} ({100 * s['kept_fraction']:.1f}%)")
+    hist = rep["rank_histogram"]
+    total = max(1, rep["pairs"])
+    lines.append("  rank: " + " | ".join(f"{k}: {v} ({100 * v / total:.1f}%)" for k, v in hist.items()))
+    if rep["copied_splits"]:
+        lines.append("  copied unchanged: " + ", ".join(f"{k} ({v})" for k, v in rep["copied_splits"].items()))
+    return "\n".join(lines)

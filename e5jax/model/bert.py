@@ -101,31 +101,6 @@ class BertConfig:
 # ------------------------------------------------------------------ layers
 
 
-@jax.custom_vjp
-def _mixed_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """x (bf16) @ kernel (fp32 parameter, used in bf16) -> fp32; every dot of the
-    backward pass is also bf16 x bf16 -> fp32 (autodiff would give XLA:CPU
-    mixed fp32 x bf16 dots, which take a slow path), and d(kernel) stays fp32."""
-    return jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
-
-
-def _mixed_matmul_fwd(x, kernel):
-    return _mixed_matmul(x, kernel), (x, kernel)
-
-
-def _mixed_matmul_bwd(res, g):
-    x, kernel = res
-    g = g.astype(x.dtype)
-    w = kernel.astype(x.dtype)
-    dx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
-    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    dk = jnp.dot(x2.T, g2, preferred_element_type=jnp.float32).astype(kernel.dtype)
-    return dx, dk
-
-
-_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
-
-
 class Dense(nnx.Module):
     """y = x @ W + b with W stored [in, out] (HF stores [out, in]; hf.py transposes)."""
 
@@ -137,11 +112,7 @@ class Dense(nnx.Module):
         # Accumulate in fp32 (what the MXU / tensor cores do anyway). On XLA:CPU
         # this is also what makes bf16 fast: a bf16 x bf16 -> fp32 dot runs ~2x
         # fp32, while one with a bf16 result takes a slow path no faster than fp32.
-        kernel = self.kernel[...]
-        if x.dtype == kernel.dtype:
-            y = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
-        else:
-            y = _mixed_matmul(x, kernel)
+        y = jnp.dot(x, self.kernel[...].astype(x.dtype), preferred_element_type=jnp.float32)
         return (y + self.bias[...]).astype(x.dtype)
 
 
