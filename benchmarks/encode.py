@@ -53,7 +53,7 @@ def main() -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from e5jax.model.encoder import Encoder, bucket_lengths
+    from e5jax.model.encoder import Encoder, encode_lengths
 
     path = model_dir()
     texts = passages(args.n)
@@ -86,7 +86,7 @@ def main() -> int:
         enc = Encoder.from_pretrained(path, dtype=dtype)
 
         def run(enc=enc):
-            return enc.encode(texts, max_length=args.max_length, batch_size=args.batch_size)
+            return enc.encode(texts, max_length=args.max_length, batch_size=args.batch_size, show_progress=False)
 
         t0 = time.perf_counter()
         emb = run()  # compiles each bucket shape once
@@ -99,7 +99,7 @@ def main() -> int:
     lengths = [len(t) for t in tok]
     cfg = Encoder.from_pretrained(path).model.bert.cfg
     st_flops = model_flops(cfg, padded_lengths(lengths, args.batch_size), train=False)
-    e5_flops = model_flops(cfg, padded_lengths(lengths, args.batch_size, bucket_lengths(args.max_length)),
+    e5_flops = model_flops(cfg, padded_lengths(lengths, args.batch_size, encode_lengths(args.max_length)),
                            train=False)
     real_flops = model_flops(cfg, lengths, train=False)
     print(f"tokens: {sum(lengths)} real (mean {np.mean(lengths):.1f}); {FLOP_FORMULA}")

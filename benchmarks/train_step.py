@@ -241,7 +241,7 @@ def section_gradcache(a, peak):
     print(f"\n== gradcache: plain vs cached step at equal batch ({batch} pairs, chunk {chunk}, max 128 tokens)")
     common = ["--batch", str(batch), "--max-len", "128", "--steps", str(steps), "--warmup", str(warm)]
     out = {}
-    for dt in ("float32", "bfloat16"):
+    for dt in a.dtypes.split(","):
         plain = summarise(f"e5jax {dt} plain", run_worker(["e5jax", *common, "--dtype", dt], 3600), batch, peak, MINILM)
         cached = summarise(f"e5jax {dt} cached (chunk {chunk})",
                            run_worker(["e5jax", *common, "--dtype", dt, "--chunk", str(chunk)], 3600), batch, peak,
@@ -264,7 +264,7 @@ def section_cache(a, peak):
                    run_worker(["st", "--batch", str(batch), "--max-len", str(max_len), "--steps", "1",
                                "--warmup", "0", "--chunk", str(st_chunk)], 3600), batch, peak, MINILM)
     rows = {}
-    for dt in ("float32", "bfloat16"):
+    for dt in a.dtypes.split(","):
         rows[dt] = summarise(
             f"e5jax {dt} cached (chunk {e5_chunk})",
             run_worker(["e5jax", "--batch", str(batch), "--max-len", str(max_len), "--steps", "1", "--warmup", "0",
@@ -297,7 +297,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 steps: a smoke run")
     ap.add_argument("--steps", type=int, default=4, help="timed steps (mnrl, gradcache)")
     ap.add_argument("--cache-chunk", type=int, default=128, help="e5jax grad_cache_chunk in the cache section")
-    ap.add_argument("--paper-chunk", type=int, default=4096, help="e5jax grad_cache_chunk in the paper section")
+    ap.add_argument("--paper-chunk", type=int, default=1024, help="e5jax grad_cache_chunk in the paper section")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="e5jax compute dtypes in gradcache and cache")
     ap.add_argument("--no-peak", action="store_true")
     # worker mode (internal)
     ap.add_argument("--worker", choices=["e5jax", "st"])

@@ -15,5 +15,5 @@ def get_config() -> Config:
         mesh=MeshConfig(data=-1),
         optim=OptimConfig(learning_rate=3e-5, warmup_steps=6, weight_decay=0.01),
         loss=LossConfig(temperature=0.02),
-        train=TrainConfig(batch_size=32, steps=60, checkpoint_every=20, log_every=5, eval_batches=4),
+        train=TrainConfig(batch_size=32, steps=60, checkpoint_every=20, log_every=1, eval_batches=4),
     )

@@ -111,6 +111,7 @@ def fetch_debian(raw: pathlib.Path) -> pathlib.Path:
 def harvest_all(inputs: dict[str, pathlib.Path], out: pathlib.Path, limits: dict[str, int]) -> dict:
     from e5jax.data.harvest.local import harvest
 
+    limits = {k: v for k, v in limits.items() if v}
     summaries = {}
     for source, path in inputs.items():
         dest = out / source
@@ -127,7 +128,7 @@ def build(pairs: pathlib.Path, data_dir: pathlib.Path, heldout_fraction: float) 
     from e5jax.data.ccpairs.builder import build_dataset, load_summary
 
     try:
-        return load_summary(data_dir, DATASET)
+        return load_summary(data_dir, DATASET)["summary"]  # built by an earlier run: reuse it
     except E5Error:
         pass
     return build_dataset(sorted(pairs.glob("*/pairs-*")), data_dir=data_dir, name=DATASET,
@@ -192,16 +193,22 @@ def plot_curve(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     recs = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in recs if r["split"] == "train"}
     steps = sorted(train)
+    loss = np.array([train[s]["loss"] for s in steps])
+    acc = np.array([train[s]["accuracy"] for s in steps])
+    w = max(1, len(steps) // 10)  # a moving average: single-batch losses are noisy
+    smooth = lambda x: np.convolve(x, np.ones(w) / w, mode="valid")  # noqa: E731
     fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(steps, [train[s]["loss"] for s in steps], color="tab:blue", label="InfoNCE loss")
+    ax1.plot(steps, loss, color="tab:blue", alpha=0.3)
+    ax1.plot(steps[w - 1:], smooth(loss), color="tab:blue", label="InfoNCE loss")
     ax1.set_xlabel("step")
     ax1.set_ylabel("loss", color="tab:blue")
     ax2 = ax1.twinx()
-    ax2.plot(steps, [train[s]["accuracy"] for s in steps], color="tab:orange", label="in-batch accuracy")
+    ax2.plot(steps[w - 1:], smooth(acc), color="tab:orange", label="in-batch accuracy")
     ax2.set_ylabel("in-batch accuracy", color="tab:orange")
     ax2.set_ylim(0, 1)
     fig.suptitle("e5jax demo: contrastive pre-training from all-MiniLM-L6-v2")
@@ -216,7 +223,7 @@ def plot_curve(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 
 def run_demo(workdir: str | pathlib.Path, *, steps: int = 60, batch_size: int = 32, debian_limit: int = 6000,
              heldout_fraction: float = 0.1, pool_size: int = 1000, top_k: int = 2, max_length: int = 64,
-             debian_file: str | None = None) -> int:
+             debian_file: str | None = None, wikipedia_limit: int | None = None) -> int:
     """Run every stage; returns the exit status (0 only if the trained model beats the initial one)."""
     t_start = time.time()
     _T0[0] = t_start
@@ -235,7 +242,7 @@ def run_demo(workdir: str | pathlib.Path, *, steps: int = 60, batch_size: int = 
     print(f"wikipedia: {wiki} ({wiki.stat().st_size / 1e6:.1f} MB)\ndebian:    {deb} ({deb.stat().st_size / 1e6:.1f} MB)")
 
     banner("2. harvest (query, passage) pairs")
-    harvest_all({"wikipedia": wiki, "debian": deb}, pairs, {"debian": debian_limit})
+    harvest_all({"wikipedia": wiki, "debian": deb}, pairs, {"debian": debian_limit, "wikipedia": wikipedia_limit})
 
     banner("3. build the TFDS (ArrayRecord) dataset")
     summary = build(pairs, data_dir, heldout_fraction)

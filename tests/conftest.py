@@ -10,6 +10,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import zipfile  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -30,3 +33,29 @@ def real_sentences() -> list[str]:
     from tests.fixtures import real_text
 
     return real_text.sentences()
+
+
+# The real (shortened) enwiki dump from the gensim 4.4.0 wheel, downloaded once.
+ENWIKI = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+CACHE = pathlib.Path(os.environ.get("E5JAX_TEST_CACHE", pathlib.Path.home() / ".cache" / "e5jax-test"))
+
+
+@pytest.fixture(scope="session")
+def enwiki_dump() -> str:
+    """Path of the real shortened enwiki pages-articles dump (.xml.bz2)."""
+    out = CACHE / "enwiki-shortened.xml.bz2"
+    if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        wheels = list(CACHE.glob("gensim-4.4.0-*.whl"))
+        if not wheels:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "gensim==4.4.0", "-d", str(CACHE / f"dl-{os.getpid()}")],
+                capture_output=True, text=True)
+            wheels = list(CACHE.glob(f"dl-{os.getpid()}/gensim-4.4.0-*.whl"))
+            if not wheels:
+                pytest.skip(f"pip could not download gensim==4.4.0 (registry unreachable?): {proc.stderr[-300:]}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            tmp = out.with_suffix(f".{os.getpid()}.tmp")  # xdist workers may race
+            tmp.write_bytes(z.read(ENWIKI))
+            tmp.replace(out)
+    return str(out)

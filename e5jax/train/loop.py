@@ -32,9 +32,20 @@ from e5jax.train.step import make_eval_step, make_train_step
 def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> None:
     """Multi-host JAX: from flags, or by itself where the environment asks (TPU VM pods)."""
     if coordinator:
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise E5Error("--coordinator needs --num-processes N and --process-id in [0, N)")
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()  # topology discovered from the TPU metadata / env
+    elif _on_tpu_vm() or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        # Cloud TPU VMs (one host or a pod slice): JAX discovers the other hosts and
+        # the topology from the TPU metadata by itself. Must run before any device use.
+        jax.distributed.initialize()
+
+
+def _on_tpu_vm() -> bool:
+    """TPU chips are visible as /dev/accel* (v2-v4) or /dev/vfio/N (v5e and later)."""
+    import glob
+
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def _host_batch_size(cfg: Config) -> int:

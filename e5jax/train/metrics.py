@@ -25,7 +25,12 @@ class MetricWriter:
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+            tb_dir = str(epath.Path(workdir) / "tensorboard")
+            if "://" in str(workdir):
+                # tensorboardX writes local files; a gs:// run logs its events next to
+                # the process (sync them up with `gcloud storage rsync` if wanted).
+                tb_dir = str(epath.Path.home() / "e5jax-tensorboard" / epath.Path(str(workdir)).name)
+            self.tb = SummaryWriter(tb_dir)
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
