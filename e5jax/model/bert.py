@@ -225,7 +225,18 @@ def _run_layer(layer: Layer, x, mask_bias, key):
     return layer(x, mask_bias, key)
 
 
-_run_layer_remat = nnx.remat(_run_layer)
+def _pure_layer(graphdef, state, x, mask_bias, key):
+    return nnx.merge(graphdef, state)(x, mask_bias, key)
+
+
+# Rematerialisation as a pure function of the layer's state (not nnx.remat): it
+# then composes with any enclosing JAX transform, e.g. gradient caching's scan.
+_pure_layer_remat = jax.checkpoint(_pure_layer, static_argnums=(0,))
+
+
+def _run_layer_remat(layer: Layer, x, mask_bias, key):
+    graphdef, state = nnx.split(layer)
+    return _pure_layer_remat(graphdef, state, x, mask_bias, key)
 
 
 class BertModel(nnx.Module):

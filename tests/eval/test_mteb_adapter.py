@@ -18,7 +18,7 @@ def test_prompt_rule():
     assert e5_prefix("document", passage_prefix="") == ""
 
 
-mteb = pytest.importorskip("mteb")
+import mteb  # noqa: E402  (a test extra: the adapter is tested against the real package)
 from datasets import Dataset  # noqa: E402  (installed with mteb)
 from mteb.abstasks.retrieval import AbsTaskRetrieval  # noqa: E402
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData  # noqa: E402

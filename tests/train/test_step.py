@@ -95,3 +95,20 @@ def test_train_step_compiles_once_over_10_steps(tiny_overrides, pair_dataset):
             losses.append(float(m["loss"]))
     assert step._cache_size() == 1
     assert len(set(losses)) == 10  # ten real, different steps ran
+
+
+def test_remat_composes_with_gradient_caching(tiny_overrides):
+    """The E5 presets combine per-layer remat with gradient caching."""
+    base = _cfg(tiny_overrides, **{"train.grad_cache_chunk": 4, "train.batch_size": 16})
+    batch = _batch(np.random.default_rng(2))
+    key = jax.random.key(5)
+    grads = []
+    for remat in (False, True):
+        cfg = replace(base, **{"model.remat": remat})
+        mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
+        graphdef, state = create_state(cfg, mesh)
+        model, _ = nnx.merge(graphdef, state)
+        _, g = jax.jit(lambda m: cached_grads(m, batch, key, cfg, None))(model)
+        grads.append(dict(nnx.to_flat_state(g)))
+    for k in grads[0]:
+        np.testing.assert_allclose(np.asarray(grads[1][k][...]), np.asarray(grads[0][k][...]), atol=1e-6)
