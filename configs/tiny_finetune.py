@@ -6,21 +6,14 @@
         --set model.init=/tmp/tiny --set data.data_dir=DIR --set data.name=NAME
 """
 
-import importlib.util
 import pathlib
 
-from e5jax.config import replace
-
-_spec = importlib.util.spec_from_file_location("tiny", pathlib.Path(__file__).with_name("tiny_pretrain.py"))
-_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tiny)
+from e5jax.config import Config, load_config, replace
 
 
-def get_config():
-    return replace(_tiny.get_config(), **{
+def get_config() -> Config:
+    return replace(load_config(pathlib.Path(__file__).with_name("tiny_pretrain.py")), **{
         "data.num_hard_negatives": 3,
-        "data.max_query_length": 32,
-        "data.max_passage_length": 64,
         "train.batch_size": 16,
         "optim.learning_rate": 5e-4,
     })

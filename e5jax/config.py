@@ -244,3 +244,20 @@ def from_dict(d: dict) -> Config:
             raise E5Error(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in sorted(unknown))}")
         sections[name] = sub_cls(**{k: _coerce(f"{name}.{k}", v, sub_hints[k]) for k, v in given.items()})
     return Config(**sections)
+
+
+def finetune_settings(pretrain: Config, *, init: str) -> Config:
+    """The paper's fine-tuning stage on top of a pre-training preset (same model
+    and mesh): batch 256, 7 hard negatives, max length 192,
+    loss = KL(teacher || student) + alpha * InfoNCE, starting from `init`
+    (a pre-training workdir, its export, or any HF folder)."""
+    return dataclasses.replace(
+        pretrain,
+        model=dataclasses.replace(pretrain.model, init=init),
+        data=DataConfig(data_dir=pretrain.data.data_dir, name="e5_finetune", max_query_length=192,
+                        max_passage_length=192, num_buckets=4, num_hard_negatives=7),
+        optim=OptimConfig(learning_rate=2e-5, warmup_steps=400, weight_decay=0.01),
+        # alpha = infonce_weight; teacher scores are cross-encoder logits.
+        loss=LossConfig(temperature=0.01, kd_weight=1.0, infonce_weight=0.2, teacher_temperature=1.0),
+        train=TrainConfig(batch_size=256, steps=6000, checkpoint_every=500, log_every=50, eval_every=500),
+    )
