@@ -8,6 +8,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Parity tests compare against PyTorch at 1e-5: encode in fp32 unless a test asks
+# for bf16 itself (the production default is bf16 on hardware that has it).
+os.environ["E5JAX_DTYPE"] = "float32"
 
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402

@@ -15,7 +15,8 @@ def add_arguments(p):
     p.add_argument("--prefix", default="", help='prepended to every text, e.g. "query: "')
     p.add_argument("--max-length", type=int, default=512, help="tokens, prefix included")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype (default: bf16 where the hardware has it, else fp32)")
 
 
 def read_texts(path: pathlib.Path) -> list[str]:

@@ -95,8 +95,19 @@ def test_xlmr_matches_transformers(tiny_xlmr):
     assert cos.min() >= 0.99999
 
 
+def test_default_dtype_follows_the_hardware(monkeypatch):
+    from e5jax.model.encoder import default_dtype
+
+    monkeypatch.delenv("E5JAX_DTYPE")
+    flags = open("/proc/cpuinfo").read()
+    want = "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+    assert default_dtype() == want
+    monkeypatch.setenv("E5JAX_DTYPE", "float32")
+    assert default_dtype() == "float32"
+
+
 def test_bf16_compute_stays_close(minilm_dir, real_sentences):
-    f32 = Encoder.from_pretrained(minilm_dir).encode(real_sentences[:24], max_length=64)
+    f32 = Encoder.from_pretrained(minilm_dir, dtype="float32").encode(real_sentences[:24], max_length=64)
     b16 = Encoder.from_pretrained(minilm_dir, dtype="bfloat16").encode(real_sentences[:24], max_length=64)
     assert ((f32 * b16).sum(1)).min() >= 0.999
 
