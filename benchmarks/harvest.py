@@ -111,7 +111,7 @@ def main() -> int:
         if "jsonl" in want:
             make_jsonl(tmp / "pairs.jsonl", 200_000)
             rows.append(run_harvest("jsonl", [str(tmp / "pairs.jsonl")], tmp / "o-jsonl", **kw))
-        from tests.harvest.conftest import CACHE
+        from tests.conftest import CACHE
 
         wiki = CACHE / "enwiki-shortened.xml.bz2"
         if "wikipedia" not in want:
