@@ -17,7 +17,8 @@ from e5jax.errors import E5Error
 
 
 def manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
-    path = epath.Path(workdir) / "checkpoints"
+    # orbax wants absolute paths; local relative workdirs (the common case) are resolved.
+    path = (epath.Path(workdir) if "://" in str(workdir) else epath.Path(workdir).resolve()) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
 

@@ -1,6 +1,7 @@
 """The train loop: exact resume after SIGKILL, non-finite loss, bad overrides, learning."""
 
 import json
+import pathlib
 import os
 import signal
 import subprocess
@@ -145,3 +146,14 @@ def test_restore_onto_a_different_mesh(tmp_path, tiny_overrides):
     key = [k for k in flat if k.endswith("embeddings/word")][0]
     assert flat[key][...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
     np.testing.assert_array_equal(np.asarray(flat[key][...]), _params(tmp_path)["bert/embeddings/word"])
+
+
+def test_relative_workdir(tmp_path, tiny_overrides, monkeypatch):
+    """`--workdir runs/x` (relative, as users type it) trains, checkpoints and exports."""
+    monkeypatch.chdir(tmp_path)
+    cfg = replace(load_config(str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny_pretrain.py"),
+                              tiny_overrides), **{"train.steps": 1})
+    train(cfg, "runs/rel", log=lambda s: None)
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "1").is_dir()
+    assert main(["export", "--workdir", "runs/rel", "--output", "runs/rel-export"]) == 0
+    assert (tmp_path / "runs" / "rel-export" / "model.safetensors").is_file()
