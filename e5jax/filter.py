@@ -343,7 +343,7 @@ def load_encoder(path: str | os.PathLike, devices=None):
     mesh = ax.make_mesh(MeshConfig(), list(devices or jax.local_devices()))
     if any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").exists():
         return Encoder.from_pretrained(folder, mesh=mesh)
-    from e5jax.train.loop import load_trained  # a training workdir: its newest checkpoint
+    from e5jax.train.state import load_trained  # a training workdir: its newest checkpoint
 
     model, tokenizer, _ = load_trained(str(folder), mesh=mesh)
     return Encoder(model, tokenizer, name=str(folder.resolve()), mesh=mesh)

@@ -12,7 +12,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from e5jax.export import export
-    from e5jax.train.loop import load_trained
+    from e5jax.train.state import load_trained
 
     model, tokenizer, _ = load_trained(args.workdir, step=args.step)
     out = export(model, tokenizer, args.output, max_seq_length=args.max_seq_length)

@@ -32,6 +32,7 @@ from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model import hf
 from e5jax.model.bert import BertConfig, BertModel, Dense, dropout, split_keys
+from e5jax.model.encoder import build_sharded
 
 # Which head a model_type uses. MiniLM cross-encoders are model_type "bert".
 HEAD_KIND = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
@@ -108,43 +109,12 @@ class CrossEncoder(nnx.Module):
 # ------------------------------------------------------------ construction
 
 
-def _nest(flat: dict[str, object]) -> dict:
-    """{'a/0/b': v} → {'a': {0: {'b': v}}} (the pure-dict form nnx expects)."""
-    out: dict = {}
-    for path, v in flat.items():
-        *parents, leaf = [int(p) if p.isdigit() else p for p in path.split("/")]
-        d = out
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[leaf] = v
-    return out
-
-
 def create_sharded(cfg: BertConfig, head: HeadConfig, mesh: Mesh, rules=DEFAULT_RULES, *, seed: int = 0,
                    params: dict[str, np.ndarray] | None = None, dtype: str = "float32") -> CrossEncoder:
-    """A CrossEncoder whose parameters are born sharded on `mesh`.
-
-    Same pattern as `encoder.create_sharded`: random init under
-    `jit(out_shardings=...)`, or host `params` (keyed 'bert/...' and 'head/...')
-    each put straight into its sharding — never the whole model on one device.
-    """
-    make = lambda: CrossEncoder(cfg, head, dtype=dtype, rngs=nnx.Rngs(seed))  # noqa: E731
-    graphdef, abs_state = nnx.split(nnx.eval_shape(make))
-    shardings = ax.state_shardings(abs_state, mesh, rules)
-    if params is None:
-        state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
-    else:
-        flat_sh = hf.flatten_state(shardings)
-        values = {}
-        for path, var in hf.flatten_state(abs_state).items():
-            if path not in params:
-                raise E5Error(f"no weights for {path}")
-            if tuple(params[path].shape) != tuple(var.shape):
-                raise E5Error(f"shape mismatch for {path}: {params[path].shape} vs {tuple(var.shape)}")
-            values[path] = jax.device_put(np.asarray(params[path], np.float32), flat_sh[path])
-        state = jax.tree.map(lambda x: x, abs_state)
-        nnx.replace_by_pure_dict(state, _nest(values))
-    return nnx.merge(graphdef, state)
+    """A CrossEncoder whose parameters are born sharded on `mesh` (`encoder.build_sharded`);
+    host `params` are keyed 'bert/...' and 'head/...'."""
+    return build_sharded(lambda: CrossEncoder(cfg, head, dtype=dtype, rngs=nnx.Rngs(seed)), mesh, rules,
+                         params=params)
 
 
 def head_from_hf(head: HeadConfig, leftover: dict[str, np.ndarray], expected_shapes: dict[str, tuple],

@@ -56,45 +56,49 @@ class TextEncoder(nnx.Module):
 # ------------------------------------------------------------ construction
 
 
-def create_sharded(cfg: BertConfig, mesh: Mesh, rules=DEFAULT_RULES, *, seed: int = 0,
-                   params: dict[str, np.ndarray] | None = None, **kwargs) -> TextEncoder:
-    """Build a TextEncoder whose parameters are born sharded on `mesh`.
+def build_sharded(make, mesh: Mesh, rules=DEFAULT_RULES, *, params: dict[str, np.ndarray] | None = None,
+                  key_of=lambda path: path):
+    """The nnx module `make()` builds, with parameters born sharded on `mesh`.
 
     Random init runs under `jit(out_shardings=...)` so no device ever holds the
-    whole model; given `params` (host numpy, e.g. from a HF checkpoint) each
-    array is placed straight into its sharding.
+    whole model; given `params` (host numpy, e.g. from a HF checkpoint, keyed by
+    `key_of(state path)`) each array is placed straight into its sharding.
     """
-    abstract = nnx.eval_shape(lambda: TextEncoder(cfg, rngs=nnx.Rngs(seed), **kwargs))
-    graphdef, abs_state = nnx.split(abstract)
+    graphdef, abs_state = nnx.split(nnx.eval_shape(make))
     shardings = ax.state_shardings(abs_state, mesh, rules)
     if params is None:
-        @jax.jit
-        def init():
-            return nnx.state(TextEncoder(cfg, rngs=nnx.Rngs(seed), **kwargs))
-
-        state = jax.jit(init, out_shardings=shardings)()
+        state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
     else:
         flat_sh = hf.flatten_state(shardings)
-        flat_abs = hf.flatten_state(abs_state)
         values = {}
-        for path, var in flat_abs.items():
-            key = path.removeprefix("bert/")
+        for path, var in hf.flatten_state(abs_state).items():
+            key = key_of(path)
             if key not in params:
                 raise E5Error(f"no weights for {path}")
-            values[path] = jax.device_put(params[key], flat_sh[path])
+            if tuple(np.shape(params[key])) != tuple(var.shape):
+                raise E5Error(f"shape mismatch for {path}: {np.shape(params[key])} vs {tuple(var.shape)}")
+            values[path] = jax.device_put(np.asarray(params[key], np.float32), flat_sh[path])
         state = jax.tree.map(lambda x: x, abs_state)
         nnx.replace_by_pure_dict(state, _nest(values))
     return nnx.merge(graphdef, state)
 
 
+def create_sharded(cfg: BertConfig, mesh: Mesh, rules=DEFAULT_RULES, *, seed: int = 0,
+                   params: dict[str, np.ndarray] | None = None, **kwargs) -> TextEncoder:
+    """A TextEncoder born sharded (see `build_sharded`); `params` keyed without 'bert/'."""
+    return build_sharded(lambda: TextEncoder(cfg, rngs=nnx.Rngs(seed), **kwargs), mesh, rules, params=params,
+                         key_of=lambda path: path.removeprefix("bert/"))
+
+
 def _nest(flat: dict[str, object]) -> dict:
+    """{'a/0/b': v} → {'a': {0: {'b': v}}} (the pure-dict form nnx expects)."""
     out: dict = {}
     for path, v in flat.items():
-        parts = path.split("/")
+        *parents, leaf = [int(p) if p.isdigit() else p for p in path.split("/")]
         d = out
-        for p in parts[:-1]:
-            d = d.setdefault(int(p) if p.isdigit() else p, {})
-        d[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = v
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = v
     return out
 
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 import jax
 import numpy as np
 from etils import epath
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from e5jax.config import Config
@@ -25,7 +24,7 @@ from e5jax.model import axes as ax
 from e5jax.train import checkpoint as ckpt
 from e5jax.train.metrics import MetricWriter, Progress
 from e5jax.train.optimizer import schedule
-from e5jax.train.state import abstract_state, create_state, load_tokenizer, load_trained  # noqa: F401
+from e5jax.train.state import abstract_state, create_state, load_tokenizer
 from e5jax.train.step import make_eval_step, make_train_step
 
 
