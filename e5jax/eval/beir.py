@@ -82,8 +82,11 @@ def read_qrels(path: pathlib.Path) -> dict[str, dict[str, int]]:
 
 
 def doc_text(title: str | None, text: str | None) -> str:
-    """BEIR / E5 join: title and text with a space, stripped (empty title -> text)."""
-    return f"{title or ''} {text or ''}".strip()
+    """BEIR / E5 join: title and text with a space (empty title -> text). The one
+    join mining and fine-tuning records use too, so a document reads the same everywhere."""
+    from e5jax.data.finetune.records import join_title_text
+
+    return join_title_text(title, text)
 
 
 def load_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
