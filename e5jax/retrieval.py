@@ -10,6 +10,17 @@ through the devices in fixed-size chunks while a running top-k is merged.
 Exactness: fp32 everywhere and `Precision.HIGHEST` (TPUs default to bf16
 passes and GPUs to TF32 for fp32 matmuls); no approximate top-k.
 
+Speed: a shard is scored tile by tile (`tile_rows` passages at a time), so the
+[queries, tile] score block stays in cache instead of writing a [queries,
+shard] matrix to memory; each tile is reduced at once to the maximum of every
+group of `group_rows` consecutive passages. The top-k *groups* by maximum hold
+the exact top-k passages (each of the k best passages lies in a group whose
+maximum is at least as high, and at most k groups can have such a maximum, ties
+going to the lower group as they do for passages), so only k * group_rows
+candidates are re-scored and sorted instead of the whole shard. The
+candidates' scores are recomputed with a dot of the same fp32 rows; they equal
+the tile's scores up to the order of fp32 accumulation.
+
 Determinism: equal scores are ordered by the smaller passage id. This rests on
 XLA TopK's documented rule ("if two elements are equal, the lower-index element
 appears first") and on laying every candidate list out in increasing-id order:
@@ -63,6 +74,8 @@ class PassageBank:
     n: int  # real rows
     dim: int
     chunk_rows: int  # rows per chunk (multiple of the device count)
+    tile_rows: int  # passages scored at once per device (divides a shard)
+    group_rows: int  # passages per group of the two-level top-k (divides a tile)
     resident: jax.Array | None = dataclasses.field(repr=False)  # whole bank on the devices, or None
     host: np.ndarray | None = dataclasses.field(repr=False)  # the bank on the host when it streams
 
@@ -73,12 +86,19 @@ class PassageBank:
         *,
         mesh: jax.sharding.Mesh | None = None,
         max_device_rows: int | None = None,
+        tile_rows: int = 1024,
+        group_rows: int = 8,
     ) -> "PassageBank":
         """Shard `embeddings` [n, d] over `mesh` (default: all devices).
 
         `max_device_rows` caps the rows held on the devices at once (all devices
         together); a larger bank stays on the host and streams in chunks.
+        `tile_rows` and `group_rows` set the blocking of the scoring (module
+        docstring); they change speed, never results. A shard is padded to a
+        whole number of tiles (a tile shrinks to fit a small shard).
         """
+        if tile_rows < 1 or group_rows < 1 or tile_rows % group_rows:
+            raise ValueError(f"tile_rows ({tile_rows}) must be a positive multiple of group_rows ({group_rows})")
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise ValueError(f"bank embeddings must be a non-empty [n, d] matrix, got shape {emb.shape}")
@@ -89,12 +109,16 @@ class PassageBank:
             n_chunks = 1
         else:  # equal chunks, each a multiple of the device count: one compiled shape
             n_chunks = math.ceil(n / max(int(max_device_rows) // ndev * ndev, ndev))
-        chunk_rows = math.ceil(math.ceil(n / n_chunks) / ndev) * ndev
+        per_device = math.ceil(math.ceil(n / n_chunks) / ndev)
+        tile = min(tile_rows, math.ceil(per_device / group_rows) * group_rows)
+        chunk_rows = math.ceil(per_device / tile) * tile * ndev
         padded = np.zeros((n_chunks * chunk_rows, dim), np.float32)
         padded[:n] = emb
+        blocking = dict(tile_rows=tile, group_rows=group_rows)
         if n_chunks == 1:
-            return cls(mesh, n, dim, chunk_rows, _put(padded, mesh, P(mesh.axis_names)), None)
-        return cls(mesh, n, dim, chunk_rows, None, padded)
+            return cls(mesh, n, dim, chunk_rows, resident=_put(padded, mesh, P(mesh.axis_names)), host=None,
+                       **blocking)
+        return cls(mesh, n, dim, chunk_rows, resident=None, host=padded, **blocking)
 
     @property
     def n_chunks(self) -> int:
@@ -110,25 +134,63 @@ class PassageBank:
             yield lo, _put(self.host[lo : lo + self.chunk_rows], self.mesh, P(self.mesh.axis_names))
 
 
-def _shard_scores(q, shard, first, n_end, precision, masked):
-    """Scores of a query block against this device's shard; pad rows -> -inf."""
-    s = jnp.dot(q, shard.T, precision=precision, preferred_element_type=jnp.float32)
-    if masked:  # static: only banks with padding pay for the mask
-        rows = first + jnp.arange(shard.shape[0], dtype=jnp.int32)
-        s = jnp.where(rows[None, :] < n_end, s, -jnp.inf)
-    return s
+def _mask_pad(s, first_row, n_end):
+    """Scores of rows first_row, first_row+1, ... (last axis); rows >= n_end (bank padding) -> -inf."""
+    rows = first_row + jnp.arange(s.shape[-1], dtype=jnp.int32)
+    return jnp.where(rows < n_end, s, -jnp.inf)
+
+
+def _tiles(shard, tile: int):
+    """[S, d] -> ([S/tile, tile, d], first local row of each tile)."""
+    n_tiles = shard.shape[0] // tile
+    return shard.reshape(n_tiles, tile, shard.shape[1]), jnp.arange(n_tiles, dtype=jnp.int32) * tile
+
+
+def _use_groups(shard_rows: int, k_local: int, group: int) -> bool:
+    """Two-level top-k pays when the candidates (k groups) are a small part of the shard."""
+    return group > 1 and 4 * k_local * group <= shard_rows
+
+
+def _local_topk(q, shard, first, n_end, *, k_local, tile, group, masked, precision):
+    """This device's exact top-k_local of its shard (ids local to the shard)."""
+    dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=jnp.float32)
+    S, d = shard.shape
+    if not _use_groups(S, k_local, group):
+        s = dot(q, shard.T)
+        return jax.lax.top_k(_mask_pad(s, first, n_end) if masked else s, k_local)
+
+    def tile_group_max(_, xs):
+        rows, t0 = xs
+        s = dot(q, rows.T)
+        if masked:
+            s = _mask_pad(s, first + t0, n_end)
+        return None, s.reshape(q.shape[0], tile // group, group).max(-1)
+
+    _, gmax = jax.lax.scan(tile_group_max, None, _tiles(shard, tile))  # [tiles, Q, tile/group]
+    gmax = jnp.swapaxes(gmax, 0, 1).reshape(q.shape[0], S // group)
+    k_groups = min(k_local, S // group)
+    _, best = jax.lax.top_k(gmax, k_groups)
+    best = jnp.sort(best, axis=1)  # candidates in increasing id order: ties keep going to the smaller id
+    cand = jnp.take(shard.reshape(S // group, group, d), best, axis=0)  # [Q, k_groups, group, d]
+    cs = jnp.einsum("qd,qkgd->qkg", q, cand, precision=precision, preferred_element_type=jnp.float32)
+    ids = (best[:, :, None] * group + jnp.arange(group, dtype=jnp.int32)).reshape(q.shape[0], -1)
+    cs = cs.reshape(q.shape[0], -1)
+    if masked:
+        cs = jnp.where(first + ids < n_end, cs, -jnp.inf)
+    v, pos = jax.lax.top_k(cs, k_local)
+    return v, jnp.take_along_axis(ids, pos, axis=1)
 
 
 @functools.lru_cache(maxsize=None)
-def _topk_step(mesh: jax.sharding.Mesh, shard_rows: int, k: int, masked: bool, precision):
+def _topk_step(mesh: jax.sharding.Mesh, shard_rows: int, k: int, masked: bool, precision, tile: int, group: int):
     """jit(shard_map) step: (q, chunk, first id, end id, running top-k) -> merged top-k."""
     axes = mesh.axis_names
     k_local = min(k, shard_rows)  # k may exceed a shard: take the whole shard
 
     def step(q, shard, offset, n_end, prev_s, prev_i):
         first = offset + jax.lax.axis_index(axes) * shard_rows
-        s = _shard_scores(q, shard, first, n_end, precision, masked)
-        ls, li = jax.lax.top_k(s, k_local)
+        ls, li = _local_topk(q, shard, first, n_end, k_local=k_local, tile=tile, group=group, masked=masked,
+                             precision=precision)
         # Device order == id order, and the running result (smaller ids) goes
         # first, so TopK's lower-index-first rule breaks ties by smaller id.
         gs = jax.lax.all_gather(ls, axes, axis=1, tiled=True)
@@ -148,18 +210,28 @@ def _topk_step(mesh: jax.sharding.Mesh, shard_rows: int, k: int, masked: bool, p
 
 
 @functools.lru_cache(maxsize=None)
-def _count_step(mesh: jax.sharding.Mesh, shard_rows: int, masked: bool, precision):
+def _count_step(mesh: jax.sharding.Mesh, shard_rows: int, masked: bool, precision, tile: int):
     """jit(shard_map) step: count bank rows scoring strictly above each query's own score."""
     axes = mesh.axis_names
 
     def step(q, own_score, shard, offset, n_end, prev):
         first = offset + jax.lax.axis_index(axes) * shard_rows
-        s = _shard_scores(q, shard, first, n_end, precision, masked)
-        c = jnp.sum(s > own_score[:, None], axis=1, dtype=jnp.int32)
+
+        def count_tile(c, xs):  # tile by tile: the scores never leave the cache
+            rows, t0 = xs
+            s = jnp.dot(q, rows.T, precision=precision, preferred_element_type=jnp.float32)
+            if masked:
+                s = _mask_pad(s, first + t0, n_end)
+            return c + jnp.sum(s > own_score[:, None], axis=1, dtype=jnp.int32), None
+
+        c, _ = jax.lax.scan(count_tile, jnp.zeros(q.shape[:1], jnp.int32), _tiles(shard, tile))
         return prev + jax.lax.psum(c, axes)
 
     rep = P()
-    fn = jax.shard_map(step, mesh=mesh, in_specs=(rep, rep, P(axes), rep, rep, rep), out_specs=rep)
+    # The scan's zero carry is typed replicated and its update device-varying:
+    # the check is off; psum makes the result truly replicated.
+    fn = jax.shard_map(step, mesh=mesh, in_specs=(rep, rep, P(axes), rep, rep, rep), out_specs=rep,
+                       check_vma=False)
     return jax.jit(fn)
 
 
@@ -196,7 +268,7 @@ def search(
     bank: PassageBank | np.ndarray,
     k: int,
     *,
-    query_block: int = 256,
+    query_block: int = 1024,
     mesh: jax.sharding.Mesh | None = None,
     precision=HIGHEST,
     progress: bool | None = None,
@@ -219,7 +291,8 @@ def search(
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     block, n_blocks = _blocks(nq, query_block)
     masked = bank.n_chunks * bank.chunk_rows != bank.n
-    step = _topk_step(bank.mesh, bank.chunk_rows // bank.mesh.size, k, masked, precision)
+    step = _topk_step(bank.mesh, bank.chunk_rows // bank.mesh.size, k, masked, precision, bank.tile_rows,
+                      bank.group_rows)
     init_s = _put(np.full((block, k), -np.inf, np.float32), bank.mesh, P())
     init_i = _put(np.full((block, k), -1, np.int32), bank.mesh, P())
     q_dev = [None] * n_blocks  # queries move to the devices once, even when the bank streams
@@ -244,7 +317,7 @@ def rank_of(
     positives: np.ndarray,
     bank: PassageBank | np.ndarray,
     *,
-    query_block: int = 256,
+    query_block: int = 1024,
     mesh: jax.sharding.Mesh | None = None,
     precision=HIGHEST,
     progress: bool | None = None,
@@ -266,7 +339,7 @@ def rank_of(
         return np.zeros((0,), np.int64)
     block, n_blocks = _blocks(nq, query_block)
     masked = bank.n_chunks * bank.chunk_rows != bank.n
-    step = _count_step(bank.mesh, bank.chunk_rows // bank.mesh.size, masked, precision)
+    step = _count_step(bank.mesh, bank.chunk_rows // bank.mesh.size, masked, precision, bank.tile_rows)
     own_fn = jax.jit(lambda a, b: jnp.einsum("bd,bd->b", a, b, precision=precision))
     q_dev, own = [None] * n_blocks, [None] * n_blocks
     counts = [_put(np.zeros((block,), np.int32), bank.mesh, P())] * n_blocks

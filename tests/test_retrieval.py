@@ -69,6 +69,31 @@ def test_search_equals_bruteforce(data, ndev, k, max_rows):
     np.testing.assert_array_equal(scores, ref_s)
 
 
+@pytest.mark.parametrize(
+    "ndev,k,max_rows",
+    [(1, 5, None), (8, 3, None), (1, 10, 700), (8, 2, 400)],
+)
+def test_tiled_two_level_topk_equals_bruteforce(ndev, k, max_rows):
+    # Small tiles and groups so the tiled scan and the group-maximum top-k run
+    # (4 * k * group <= shard rows), on a bank full of exact ties.
+    rng = np.random.default_rng(3)
+    q, bank_np = quantized(rng, 29, levels=1), quantized(rng, 1201, levels=1)
+    bank = PassageBank.build(bank_np, mesh=mesh_of(ndev), max_device_rows=max_rows, tile_rows=16, group_rows=4)
+    shard = bank.chunk_rows // ndev
+    assert retrieval._use_groups(shard, min(k, shard), bank.group_rows) and shard > bank.tile_rows
+    scores, ids = search(q, bank, k, query_block=16)
+    ref_s, ref_i = brute_topk(q, bank_np, k)
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_array_equal(scores, ref_s)
+    pos = quantized(rng, len(q), levels=1)
+    np.testing.assert_array_equal(rank_of(q, pos, bank, query_block=16), brute_rank(q, pos, bank_np))
+
+
+def test_tile_must_be_a_multiple_of_the_group():
+    with pytest.raises(ValueError, match="tile_rows"):
+        PassageBank.build(np.ones((5, DIM), np.float32), tile_rows=10, group_rows=4)
+
+
 def test_ties_break_by_smaller_id_across_shards_and_chunks():
     # Every passage identical: all scores tie, so the answer is ids 0..k-1.
     bank_np = np.ones((50, DIM), np.float32)
