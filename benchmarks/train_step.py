@@ -54,6 +54,7 @@ def worker_e5jax(a) -> dict:
     import jax
 
     from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+    from e5jax.data.packing import pack
     from e5jax.data.pipeline import bucket_lengths, pad_to_bucket
     from e5jax.model import axes as ax
     from e5jax.model.bert import BertConfig
@@ -66,7 +67,8 @@ def worker_e5jax(a) -> dict:
              if tiny else ModelConfig(init=mdir, dtype=a.dtype))
     cfg = Config(
         model=model,
-        data=DataConfig(max_query_length=a.max_len, max_passage_length=a.max_len, num_buckets=a.buckets),
+        data=DataConfig(max_query_length=a.max_len, max_passage_length=a.max_len, num_buckets=a.buckets,
+                        pack=a.pack),
         mesh=MeshConfig(data=1, fsdp=1, tensor=1),
         optim=OptimConfig(learning_rate=2e-5, warmup_steps=0, weight_decay=0.01),
         loss=LossConfig(temperature=0.05, block_size=a.block_size),
@@ -83,8 +85,15 @@ def worker_e5jax(a) -> dict:
         b = {}
         for tower, texts in (("query", qs), ("passage", ps)):
             ids = tok(texts, truncation=True, max_length=a.max_len, padding=False)["input_ids"]
-            b[f"{tower}_input_ids"], b[f"{tower}_attention_mask"] = pad_to_bucket(ids, buckets, tok.pad_token_id or 0)
-            lengths += [b[f"{tower}_input_ids"].shape[1]] * a.batch
+            if a.pack:  # the pipeline's packing: one group per gradient-cache chunk (1 device)
+                groups = a.batch // a.chunk if a.chunk else 1
+                packed = pack(ids, groups=groups, pack_len=a.max_len, pad_id=tok.pad_token_id or 0)
+                b.update({f"{tower}_{k}": v for k, v in packed.items()})
+                lengths += [a.max_len] * (packed["input_ids"].shape[0] * packed["input_ids"].shape[1])
+            else:
+                b[f"{tower}_input_ids"], b[f"{tower}_attention_mask"] = pad_to_bucket(
+                    ids, buckets, tok.pad_token_id or 0)
+                lengths += [b[f"{tower}_input_ids"].shape[1]] * a.batch
             real += [len(x) for x in ids]
         host_batches.append(b)
     tokenize_s = time.perf_counter() - t0
@@ -310,6 +319,7 @@ def main() -> int:
     ap.add_argument("--block-size", type=int, default=0)
     ap.add_argument("--buckets", type=int, default=8, help="pipeline bucket count (8 at 128 = multiples of 16)")
     ap.add_argument("--arch", default="minilm", choices=["minilm", "tiny"])
+    ap.add_argument("--pack", action="store_true", help="pack texts into rows (data.pack) instead of padding")
     a = ap.parse_args()
 
     if a.worker:

@@ -61,6 +61,8 @@ class DataConfig:
     max_query_length: int = 128  # tokens, prefix included
     max_passage_length: int = 128
     num_buckets: int = 4  # pad to one of this many lengths up to the max (few compiled shapes)
+    pack: bool = False  # pack several texts per row of max length (no padding computed; data/packing.py)
+    pack_row_step: int = 0  # packed row counts round up to a multiple of this; 0 = 1/8 of a group's texts
     num_hard_negatives: int = 0  # hard negatives per query (fine-tuning); 0 = in-batch only
     one_source_per_batch: bool = False  # draw each batch from a single source
     shuffle_seed: int = 0  # deterministic shuffle (same seed -> same batches)
@@ -71,6 +73,8 @@ class DataConfig:
             raise E5Error("data.max_query_length / max_passage_length must be >= 8")
         if self.num_buckets < 1:
             raise E5Error("data.num_buckets must be >= 1")
+        if self.pack_row_step < 0:
+            raise E5Error("data.pack_row_step must be >= 0 (0 = automatic)")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Host numpy batches -> global `jax.Array`s split over the batch mesh axes.
 
 Each process holds its own slice of the global batch (`pipeline.py`) and pads
-it to a bucket length chosen from *its* longest sequence. A global array needs
-one shape everywhere, so the processes first agree on each sequence length
-(the max over processes, one tiny all-gather) and pad to it; then
+it to a bucket length chosen from *its* longest sequence (or packs it into as
+many rows as *its* texts need). A global array needs one shape everywhere, so
+the processes first agree on each sequence length and packed row count (the
+max over processes, one tiny all-gather) and pad to it; then
 `jax.make_array_from_process_local_data` stitches the slices together, rows
 laid out along `batch_axes` (process 0's rows first).
 """
@@ -16,24 +17,37 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from e5jax.data.packing import pad_rows
 from e5jax.errors import E5Error
 
 # Arrays whose last axis is a (bucketed) token length; every other array keeps its shape.
 _SEQUENCE_SUFFIXES = ("_input_ids", "_attention_mask")
 
 
-def _is_sequence(key: str, x: np.ndarray) -> bool:
-    return key.endswith(_SEQUENCE_SUFFIXES) and x.ndim >= 2
+_PACKED_FIELDS = ("_input_ids", "_segment_ids", "_positions")  # [G, R, P]: R (rows) varies by host
+
+
+def _packed_towers(host_batch: Mapping[str, np.ndarray]) -> list[str]:
+    return sorted(k.removesuffix("_segment_ids") for k in host_batch if k.endswith("_segment_ids"))
+
+
+def _is_sequence(key: str, x: np.ndarray, packed: list[str]) -> bool:
+    return key.endswith(_SEQUENCE_SUFFIXES) and x.ndim >= 2 and key.removesuffix("_input_ids") not in packed
 
 
 def agree_lengths(host_batch: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Per sequence array, the longest last-axis length over all processes.
+    """Per padded sequence array, the longest last-axis length over all processes;
+    per packed tower (key "<tower>_rows"), the most packed rows.
 
     Keys are visited in sorted order so every process gathers the same vector.
     One process: the local lengths, no communication.
     """
-    keys = sorted(k for k, v in host_batch.items() if _is_sequence(k, np.asarray(v)))
-    local = np.asarray([np.shape(host_batch[k])[-1] for k in keys], np.int32)
+    packed = _packed_towers(host_batch)
+    keys = sorted(k for k, v in host_batch.items() if _is_sequence(k, np.asarray(v), packed))
+    local = [np.shape(host_batch[k])[-1] for k in keys]
+    keys += [f"{t}_rows" for t in packed]
+    local += [np.shape(host_batch[f"{t}_segment_ids"])[1] for t in packed]
+    local = np.asarray(local, np.int32)
     if jax.process_count() > 1 and keys:
         from jax.experimental import multihost_utils
 
@@ -82,5 +96,8 @@ def to_global(
             )
         if key in lengths:
             x = pad_last_axis(x, lengths[key])
+        tower = next((key.removesuffix(f) for f in _PACKED_FIELDS if key.endswith(f)), None)
+        if f"{tower}_rows" in lengths:
+            x = pad_rows(x, lengths[f"{tower}_rows"])
         out[key] = jax.make_array_from_process_local_data(sharding, x)
     return out

@@ -6,6 +6,7 @@
             └─ (optional) one stream per source, mixed batch by batch
                └─ batch of raw records (drop_remainder: every host, every step, same b)
                   └─ TokenizeBatch: prefixes, HF tokenizer, pad to a bucket length
+                     (or, with `cfg.pack`, pack several texts per row: packing.py)
 
 Everything after the source is a grain transformation, so the iterator's
 position is a small JSON state (`get_state` / `set_state`) that the train loop
@@ -31,6 +32,7 @@ import grain
 import numpy as np
 
 from e5jax.config import DataConfig
+from e5jax.data import packing
 from e5jax.errors import E5Error
 
 _TEXT_FIELDS = ("query", "passage", "positive", "source", "id")
@@ -122,9 +124,10 @@ class HasNegatives(grain.transforms.Filter):
 class TokenizeBatch(grain.transforms.Map):
     """A list of records -> the model's numpy batch (see module docstring)."""
 
-    def __init__(self, tokenizer, cfg: DataConfig):
+    def __init__(self, tokenizer, cfg: DataConfig, pack_groups: int = 1):
         self._tok = tokenizer
         self._cfg = cfg
+        self._groups = pack_groups  # packing groups per host batch: local batch shards x grad-cache chunks
         self._pad = int(tokenizer.pad_token_id or 0)
         self._q_buckets = bucket_lengths(cfg.max_query_length, cfg.num_buckets)
         self._p_buckets = bucket_lengths(cfg.max_passage_length, cfg.num_buckets)
@@ -133,16 +136,24 @@ class TokenizeBatch(grain.transforms.Map):
         ids = self._tok(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
         return pad_to_bucket(ids, buckets, self._pad)
 
+    def _tower(self, out: dict, tower: str, texts: list[str], max_length: int, buckets) -> None:
+        """Padded: `{tower}_input_ids` / `_attention_mask` [N, L]; packed: packing.pack's arrays."""
+        if not self._cfg.pack:
+            out[f"{tower}_input_ids"], out[f"{tower}_attention_mask"] = self._encode(texts, max_length, buckets)
+            return
+        ids = self._tok(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
+        packed = packing.pack(ids, groups=self._groups, pack_len=max_length, pad_id=self._pad,
+                              row_step=self._cfg.pack_row_step)
+        out.update({f"{tower}_{k}": v for k, v in packed.items()})
+
     def map(self, batch: list[dict]) -> dict[str, np.ndarray]:
         cfg = self._cfg
         passages = [r["passage"] if "passage" in r else r["positive"] for r in batch]
         out = {}
-        out["query_input_ids"], out["query_attention_mask"] = self._encode(
-            [cfg.query_prefix + r["query"] for r in batch], cfg.max_query_length, self._q_buckets
-        )
-        out["passage_input_ids"], out["passage_attention_mask"] = self._encode(
-            [cfg.passage_prefix + p for p in passages], cfg.max_passage_length, self._p_buckets
-        )
+        self._tower(out, "query", [cfg.query_prefix + r["query"] for r in batch], cfg.max_query_length,
+                    self._q_buckets)
+        self._tower(out, "passage", [cfg.passage_prefix + p for p in passages], cfg.max_passage_length,
+                    self._p_buckets)
         out["passage_key"] = np.asarray([text_key(p) for p in passages], np.int32)
         if "negatives" not in batch[0]:
             return out
@@ -150,9 +161,11 @@ class TokenizeBatch(grain.transforms.Map):
         picks = [pick_negatives(len(r["negatives"]), k) for r in batch]
         if k:
             negs = [r["negatives"][i] for r, p in zip(batch, picks) for i in p]
-            ids, mask = self._encode([cfg.passage_prefix + n for n in negs], cfg.max_passage_length, self._p_buckets)
-            out["negative_input_ids"] = ids.reshape(len(batch), k, -1)
-            out["negative_attention_mask"] = mask.reshape(len(batch), k, -1)
+            self._tower(out, "negative", [cfg.passage_prefix + n for n in negs], cfg.max_passage_length,
+                        self._p_buckets)
+            if not cfg.pack:
+                for f in ("input_ids", "attention_mask"):
+                    out[f"negative_{f}"] = out[f"negative_{f}"].reshape(len(batch), k, -1)
             out["negative_key"] = np.asarray([text_key(n) for n in negs], np.int32).reshape(len(batch), k)
         scores = np.full((len(batch), 1 + k), np.nan, np.float32)
         for row, (r, p) in enumerate(zip(batch, picks)):
@@ -211,12 +224,14 @@ def make_train_iterator(
     process_count: int,
     seed: int,
     num_epochs: int | None = None,
+    pack_groups: int = 1,
 ) -> grain.DatasetIterator:
     """Checkpointable iterator of this process's training batches (dicts of numpy arrays).
 
     `num_epochs=None` repeats forever, each epoch in a new order. With
     `cfg.one_source_per_batch`, each source is shuffled and batched on its
-    own and batches are mixed in proportion to the sources' sizes.
+    own and batches are mixed in proportion to the sources' sizes. With
+    `cfg.pack`, each tower is packed in `pack_groups` groups (packing.py).
     """
     if batch_size_per_process < 1:
         raise E5Error(f"batch_size_per_process must be >= 1, got {batch_size_per_process}")
@@ -227,7 +242,7 @@ def make_train_iterator(
         it = grain.IterDataset.mix(streams, weights={s: float(len(p)) for s, p in parts.items()})
     else:
         it = _batched(ds, cfg, batch_size_per_process, seed, "all", num_epochs)
-    it = it.map(TokenizeBatch(tokenizer, cfg))
+    it = it.map(TokenizeBatch(tokenizer, cfg, pack_groups))
     if cfg.worker_count > 0:
         from absl import flags
 
@@ -245,6 +260,7 @@ def make_eval_iterator(
     batch_size_per_process: int,
     process_index: int = 0,
     process_count: int = 1,
+    pack_groups: int = 1,
 ) -> grain.DatasetIterator:
     """One pass over this process's slice in stored order, full batches only (held-out metrics)."""
     if batch_size_per_process < 1:
@@ -253,4 +269,4 @@ def make_eval_iterator(
     if cfg.num_hard_negatives > 0:
         it = it.filter(HasNegatives())
     it = it.batch(batch_size_per_process, drop_remainder=True, batch_fn=list)
-    return iter(it.map(TokenizeBatch(tokenizer, cfg)))
+    return iter(it.map(TokenizeBatch(tokenizer, cfg, pack_groups)))

@@ -54,13 +54,23 @@ def _host_batch_size(cfg: Config) -> int:
     return cfg.train.batch_size // n
 
 
-def _iterators(cfg: Config, tokenizer, split: str, *, train: bool):
+def pack_groups(cfg: Config, mesh, *, train: bool) -> int:
+    """Packing groups per host batch: one per (local batch shard, gradient-cache chunk).
+
+    A device's rows then hold only its own texts, and a chunk's only its own."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    chunks = cfg.train.batch_size // cfg.train.grad_cache_chunk if train and cfg.train.grad_cache_chunk else 1
+    return max(1, shards // jax.process_count()) * chunks
+
+
+def _iterators(cfg: Config, tokenizer, split: str, *, train: bool, mesh):
     from e5jax.data.ccpairs.builder import load_source
     from e5jax.data.pipeline import make_eval_iterator, make_train_iterator
 
     source = load_source(cfg.data.data_dir, cfg.data.name, split)
     kw = dict(tokenizer=tokenizer, cfg=cfg.data, batch_size_per_process=_host_batch_size(cfg),
-              process_index=jax.process_index(), process_count=jax.process_count())
+              process_index=jax.process_index(), process_count=jax.process_count(),
+              pack_groups=pack_groups(cfg, mesh, train=train))
     if train:
         return make_train_iterator(source, seed=cfg.data.shuffle_seed, **kw)
     return make_eval_iterator(source, **kw)
@@ -80,7 +90,8 @@ def fingerprint(batch: dict[str, np.ndarray]) -> int:
 
 
 def _real_tokens(batch: dict[str, np.ndarray]) -> int:
-    return int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask"))) * jax.process_count()
+    counts = [v.sum() for k, v in batch.items() if k.endswith(("attention_mask", "_lengths"))]
+    return int(sum(counts)) * jax.process_count()
 
 
 def jit_steps(cfg: Config, graphdef, mesh, shardings, *, wrap=lambda f: f):
@@ -119,7 +130,7 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
 
     # --------------------------------------------------------------- Input
     tokenizer = load_tokenizer(cfg)
-    train_it = _iterators(cfg, tokenizer, cfg.data.split, train=True)
+    train_it = _iterators(cfg, tokenizer, cfg.data.split, train=True, mesh=mesh)
 
     # ------------------------------------------------- Model / optimizer
     graphdef, abstract, shardings = abstract_state(cfg, mesh)
@@ -186,7 +197,7 @@ def _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log) -> dict[s
     from e5jax.data.global_batch import to_global
 
     try:
-        it = _iterators(cfg, tokenizer, cfg.data.eval_split, train=False)
+        it = _iterators(cfg, tokenizer, cfg.data.eval_split, train=False, mesh=mesh)
     except (E5Error, KeyError, ValueError) as e:
         log(f"held-out evaluation skipped: {e}")
         return {}

@@ -11,6 +11,11 @@ of (encoder, optimizer). Both variants compute the same gradient:
 
 Dropout keys are derived per example from (seed, step, tower, global row), so
 both variants — and any chunk size — see identical dropout masks.
+
+Towers arrive padded (`{tower}_input_ids` / `_attention_mask` [N, L]) or
+packed (`{tower}_input_ids` / `_segment_ids` / `_positions` [G, R, P] plus
+`_lengths` [N], see `e5jax.data.packing`); a packed tower's text i has the
+same dropout masks, hence the same embedding, as padded.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from jax.sharding import Mesh
 from e5jax.config import Config
 from e5jax.loss import e5_loss, student_list_scores
 from e5jax.model import axes as ax
+from e5jax.model.bert import row_seeds
 from e5jax.model.encoder import TextEncoder
 
 Batch = Mapping[str, jax.Array]
@@ -39,14 +45,29 @@ def row_keys(step_key: jax.Array | None, tower: str, rows: jax.Array) -> jax.Arr
     return jax.vmap(lambda r: jax.random.fold_in(base, r))(rows)
 
 
-def _tower_inputs(batch: Batch) -> list[tuple[str, jax.Array, jax.Array]]:
-    """(tower, ids [N, L], mask [N, L]) — negatives flattened to rows B*K."""
-    out = [("query", batch["query_input_ids"], batch["query_attention_mask"]),
-           ("passage", batch["passage_input_ids"], batch["passage_attention_mask"])]
-    if "negative_input_ids" in batch:
-        ids, mask = batch["negative_input_ids"], batch["negative_attention_mask"]
-        out.append(("negative", ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])))
-    return out
+def is_packed(batch: Batch, tower: str) -> bool:
+    return f"{tower}_segment_ids" in batch
+
+
+def num_texts(batch: Batch, tower: str) -> int:
+    if is_packed(batch, tower):
+        return batch[f"{tower}_lengths"].shape[0]
+    ids = batch[f"{tower}_input_ids"]
+    return ids.shape[0] * (ids.shape[1] if tower == "negative" else 1)
+
+
+def _towers(batch: Batch) -> list[str]:
+    return ["query", "passage"] + (["negative"] if "negative_input_ids" in batch else [])
+
+
+def _seeds(step_key, tower: str, rows: jax.Array):
+    """uint32 dropout seeds for global rows `rows` (any shape), or None."""
+    keys = row_keys(step_key, tower, rows.reshape(-1))
+    return None if keys is None else row_seeds(keys).reshape(rows.shape)
+
+
+def _packed(batch: Batch, tower: str):
+    return tuple(batch[f"{tower}_{k}"] for k in ("input_ids", "segment_ids", "positions"))
 
 
 def batch_loss(q, p, neg, batch: Batch, cfg: Config, mesh: Mesh | None):
@@ -65,15 +86,26 @@ def batch_loss(q, p, neg, batch: Batch, cfg: Config, mesh: Mesh | None):
 def _reshape_neg(emb, batch):
     if emb is None:
         return None
-    B, K = batch["negative_input_ids"].shape[:2]
-    return emb.reshape(B, K, -1)
+    B = num_texts(batch, "query")
+    return emb.reshape(B, emb.shape[0] // B, -1)
+
+
+def embed_tower(model: TextEncoder, batch: Batch, tower: str, step_key) -> jax.Array:
+    """Embeddings [N, H] of one tower, padded or packed, in batch order."""
+    n = num_texts(batch, tower)
+    rows = jnp.arange(n)
+    if is_packed(batch, tower):
+        ids, seg, pos = _packed(batch, tower)
+        G = ids.shape[0]
+        emb = model.encode_packed(ids, seg, pos, n // G, seeds=_seeds(step_key, tower, rows.reshape(G, -1)))
+        return emb.reshape(n, -1)
+    ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
+    ids, mask = ids.reshape(n, ids.shape[-1]), mask.reshape(n, mask.shape[-1])
+    return model(ids, mask, dropout_key=row_keys(step_key, tower, rows))
 
 
 def plain_loss(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
-    embs = {}
-    for tower, ids, mask in _tower_inputs(batch):
-        rows = jnp.arange(ids.shape[0])
-        embs[tower] = model(ids, mask, dropout_key=row_keys(step_key, tower, rows))
+    embs = {t: embed_tower(model, batch, t, step_key) for t in _towers(batch)}
     return batch_loss(embs["query"], embs["passage"], _reshape_neg(embs.get("negative"), batch), batch, cfg, mesh)
 
 
@@ -91,49 +123,89 @@ def _unchunk(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
 
 
+class _PaddedChunks:
+    """A padded tower cut into n chunks of rows j, j+n, j+2n, ..."""
+
+    def __init__(self, batch: Batch, tower: str, n: int):
+        N = num_texts(batch, tower)
+        ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
+        self.n, self.tower = n, tower
+        self.inputs = (_chunk(ids.reshape(N, -1), n), _chunk(mask.reshape(N, -1), n), _chunk(jnp.arange(N), n))
+
+    def embed(self, model: TextEncoder, chunk, step_key) -> jax.Array:
+        ids, mask, rows = chunk
+        return model(ids, mask, dropout_key=row_keys(step_key, self.tower, rows))
+
+    def merge(self, e: jax.Array) -> jax.Array:  # [n, N/n, H] -> [N, H]
+        return _unchunk(e)
+
+    def split(self, d: jax.Array) -> jax.Array:  # [N, H] -> [n, N/n, H]
+        return _chunk(d, self.n)
+
+
+class _PackedChunks:
+    """A packed tower of G = D*n groups (device-major: device d holds groups
+    d*n .. d*n+n-1, one per chunk) cut into n chunks of D groups each."""
+
+    def __init__(self, batch: Batch, tower: str, n: int):
+        N = num_texts(batch, tower)
+        ids = batch[f"{tower}_input_ids"]
+        G = ids.shape[0]
+        if G % n:
+            raise ValueError(f"{tower}: {G} packing groups do not split into {n} gradient-cache chunks")
+        self.n, self.tower, self.D, self.b = n, tower, G // n, N // G
+        by_chunk = lambda x: jnp.swapaxes(x.reshape(self.D, n, *x.shape[1:]), 0, 1)  # noqa: E731
+        rows = jnp.arange(N).reshape(G, self.b)
+        self.inputs = tuple(by_chunk(x) for x in (*_packed(batch, tower), rows))
+
+    def embed(self, model: TextEncoder, chunk, step_key) -> jax.Array:
+        ids, seg, pos, rows = chunk
+        emb = model.encode_packed(ids, seg, pos, self.b, seeds=_seeds(step_key, self.tower, rows))
+        return emb.reshape(self.D * self.b, -1)
+
+    def merge(self, e: jax.Array) -> jax.Array:  # [n, D*b, H] -> [N, H] in batch order
+        e = e.reshape(self.n, self.D, self.b, -1)
+        return jnp.swapaxes(e, 0, 1).reshape(self.n * self.D * self.b, -1)
+
+    def split(self, d: jax.Array) -> jax.Array:  # the inverse of merge
+        d = jnp.swapaxes(d.reshape(self.D, self.n, self.b, -1), 0, 1)
+        return d.reshape(self.n, self.D * self.b, -1)
+
+
 def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
     """(loss, metrics), grads — GradCache: two passes over chunks, one chunk of activations at a time."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    chunk = cfg.train.grad_cache_chunk
-    B = batch["query_input_ids"].shape[0]
-    n = B // chunk
-    towers = _tower_inputs(batch)
+    n = num_texts(batch, "query") // cfg.train.grad_cache_chunk
+    names = _towers(batch)
+    towers = [(_PackedChunks if is_packed(batch, t) else _PaddedChunks)(batch, t, n) for t in names]
 
-    def embed(prm, ids, mask, rows, tower):
-        m = nnx.merge(graphdef, prm, rest)
-        return m(ids, mask, dropout_key=row_keys(step_key, tower, rows))
-
-    def chunks_of(ids, mask):
-        rows = jnp.arange(ids.shape[0])
-        return _chunk(ids, n), _chunk(mask, n), _chunk(rows, n)
+    def embed(prm, tower, chunk):
+        return tower.embed(nnx.merge(graphdef, prm, rest), chunk, step_key)
 
     # Pass 1: embeddings of every chunk, no activations kept (scan body is not differentiated).
-    embs = {}
-    for tower, ids, mask in towers:
+    embs = []
+    for tower in towers:
         def body(_, c, tower=tower):
-            return None, embed(params, *c, tower)
+            return None, embed(params, tower, c)
 
-        _, e = jax.lax.scan(body, None, chunks_of(ids, mask))
-        embs[tower] = _unchunk(e)
+        _, e = jax.lax.scan(body, None, tower.inputs)
+        embs.append(tower.merge(e))
 
     # The loss and its gradient w.r.t. the embeddings, over the global batch.
-    def loss_on(q, p, neg):
+    def loss_on(q, p, neg=None):
         return batch_loss(q, p, _reshape_neg(neg, batch), batch, cfg, mesh)
 
-    names = [t for t, _, _ in towers]
-    (loss, metrics), demb = jax.value_and_grad(
-        lambda *e: loss_on(*e) if len(e) == 3 else loss_on(e[0], e[1], None), argnums=tuple(range(len(names))),
-        has_aux=True)(*[embs[t] for t in names])
+    (loss, metrics), demb = jax.value_and_grad(loss_on, argnums=tuple(range(len(names))), has_aux=True)(*embs)
 
     # Pass 2: re-run each chunk (same dropout keys) and pull its cotangent back.
-    per_chunk = tuple(chunks_of(ids, mask) + (_chunk(d, n),) for (_, ids, mask), d in zip(towers, demb))
+    per_chunk = tuple((tower.inputs, tower.split(d)) for tower, d in zip(towers, demb))
 
     def body2(acc, cs):
         def f(prm):
-            return tuple(embed(prm, ids, mask, rows, t) for t, (ids, mask, rows, _) in zip(names, cs))
+            return tuple(embed(prm, tower, inputs) for tower, (inputs, _) in zip(towers, cs))
 
         _, vjp = jax.vjp(f, params)
-        (g,) = vjp(tuple(d for (_, _, _, d) in cs))
+        (g,) = vjp(tuple(d for (_, d) in cs))
         return jax.tree.map(jnp.add, acc, g), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)

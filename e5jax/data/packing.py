@@ -1,0 +1,90 @@
+"""Sequence packing: several texts share one row, so padding is not computed.
+
+Pre-training pairs are short and uneven (a title next to a paragraph): padded
+to a common length, a batch computes ~1.8x its real tokens. Packed, each row of
+`pack_len` tokens holds as many whole texts as fit (first-fit decreasing), and
+attention stays inside each text (`BertModel` builds a block-diagonal mask from
+the segment ids); mean pooling sums each text's own tokens.
+
+Layout. The N texts of a tower are split into G equal *groups* of consecutive
+texts, and each group is packed on its own into R rows (R = the most any group
+needs, rounded up to `row_step` so that a run compiles a handful of shapes).
+Arrays are [G, R, pack_len]:
+
+* ``input_ids``   — token ids, `pad_id` where empty;
+* ``segment_ids`` — 1 + the text's index inside its group, 0 where empty;
+* ``positions``   — each token's index inside its own text.
+
+Groups are what keeps packing compatible with sharding and gradient caching:
+the train loop asks for one group per (device along the batch axes, gradient
+-cache chunk), so a device's rows hold exactly its own texts and a chunk's rows
+exactly that chunk's texts; group g holds texts g*b .. g*b+b-1 (b = N / G), so
+pooled embeddings come back in batch order by a reshape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def first_fit_decreasing(lengths: Sequence[int], pack_len: int) -> list[list[int]]:
+    """Text indices per row: longest first, each into the first row with room (deterministic)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n > pack_len:
+            raise ValueError(f"text of {n} tokens does not fit a packed row of {pack_len}")
+        for r, free in enumerate(room):
+            if free >= n:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(pack_len - n)
+    return rows
+
+
+def default_row_step(texts_per_group: int) -> int:
+    """Round row counts to multiples of ~1/8 of a group's texts: few shapes, little waste."""
+    return max(1, texts_per_group // 8)
+
+
+def pack(
+    token_rows: Sequence[Sequence[int]], *, groups: int, pack_len: int, pad_id: int, row_step: int = 0
+) -> dict[str, np.ndarray]:
+    """Pack N tokenised texts into `groups` groups (module docstring). Returns the
+    three [G, R, pack_len] int32 arrays and ``lengths`` [N] (tokens per text)."""
+    n = len(token_rows)
+    if groups < 1 or n % groups:
+        raise ValueError(f"{n} texts cannot be split into {groups} equal packing groups")
+    b = n // groups
+    step = row_step or default_row_step(b)
+    lengths = [len(r) for r in token_rows]
+    plans = [first_fit_decreasing(lengths[g * b:(g + 1) * b], pack_len) for g in range(groups)]
+    rows = -(-max(len(p) for p in plans) // step) * step
+    ids = np.full((groups, rows, pack_len), pad_id, np.int32)
+    seg = np.zeros((groups, rows, pack_len), np.int32)
+    pos = np.zeros((groups, rows, pack_len), np.int32)
+    for g, plan in enumerate(plans):
+        for r, members in enumerate(plan):
+            at = 0
+            for i in sorted(members):  # within a row, texts in batch order
+                t = token_rows[g * b + i]
+                ids[g, r, at:at + len(t)] = t
+                seg[g, r, at:at + len(t)] = i + 1
+                pos[g, r, at:at + len(t)] = np.arange(len(t))
+                at += len(t)
+    return dict(input_ids=ids, segment_ids=seg, positions=pos, lengths=np.asarray(lengths, np.int32))
+
+
+def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """[G, R, L] -> [G, rows, L] with empty rows (zeros: segment 0 = padding)."""
+    extra = rows - x.shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad {x.shape[1]} packed rows down to {rows}")
+    return x if extra == 0 else np.pad(x, [(0, 0), (0, extra), (0, 0)])

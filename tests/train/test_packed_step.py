@@ -1,0 +1,92 @@
+"""Packed towers give the padded step's loss and gradients: 1 device and 4,
+plain and gradient-cached, with dropout and hard negatives; and a packed
+training run through the real pipeline reports the padded run's losses."""
+
+import jax
+import numpy as np
+from flax import nnx
+
+from e5jax.data.packing import pack
+from e5jax.model import axes as ax
+from e5jax.train.state import create_state
+from e5jax.train.step import cached_grads, make_train_step, plain_loss
+from tests.train.test_step import _batch, _cfg
+
+
+def to_packed(batch: dict, groups: int) -> dict:
+    """The same texts as `batch`'s padded towers, packed in `groups` groups."""
+    out = {k: v for k, v in batch.items() if not k.endswith(("_input_ids", "_attention_mask"))}
+    for tower in ("query", "passage", "negative"):
+        if f"{tower}_input_ids" not in batch:
+            continue
+        ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
+        L = ids.shape[-1]
+        ids, mask = ids.reshape(-1, L), mask.reshape(-1, L)
+        texts = [row[: m.sum()] for row, m in zip(ids, mask)]
+        # rows twice the padded length: several texts share a row
+        out.update({f"{tower}_{k}": v for k, v in pack(texts, groups=groups, pack_len=2 * L, pad_id=0).items()})
+    return out
+
+
+def test_packed_loss_and_grads_equal_padded_with_dropout_and_negatives(tiny_overrides):
+    cfg = _cfg(tiny_overrides, **{"train.batch_size": 16, "train.grad_cache_chunk": 4})
+    mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
+    graphdef, state = create_state(cfg, mesh)
+    model, _ = nnx.merge(graphdef, state)
+    padded = _batch(np.random.default_rng(0), K=2)
+    packed = to_packed(padded, groups=4)  # 4 groups = the 4 gradient-cache chunks
+    assert packed["passage_input_ids"].shape[1] < 4  # several texts per row
+    key = jax.random.key(3)
+
+    def grads(fn, batch):
+        (loss, m), g = jax.jit(fn)(model, batch)
+        return float(loss), float(m["accuracy"]), {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(g)}
+
+    plain = lambda m, b: nnx.value_and_grad(lambda mm: plain_loss(mm, b, key, cfg, None), has_aux=True)(m)  # noqa
+    cached = lambda m, b: cached_grads(m, b, key, cfg, None)  # noqa: E731
+    ref = grads(plain, padded)
+    for got in (grads(plain, packed), grads(cached, packed)):
+        np.testing.assert_allclose(got[0], ref[0], atol=1e-5)
+        assert got[1] == ref[1]
+        for k in ref[2]:
+            np.testing.assert_allclose(got[2][k], ref[2][k], atol=2e-5, err_msg=str(k))
+
+
+def test_packed_cached_step_on_4_devices_equals_padded_step_on_1(tiny_overrides):
+    padded = _batch(np.random.default_rng(1))
+    runs = {}
+    for name, chunk, ndev, batch in (("padded 1 device", 0, 1, padded),
+                                     ("packed 4 devices", 0, 4, to_packed(padded, groups=4)),
+                                     ("packed cached 4 devices", 8, 4, to_packed(padded, groups=8))):
+        cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16,
+                                      "optim.learning_rate": 2e-5})
+        mesh = ax.make_mesh(cfg.mesh, jax.devices()[:ndev])
+        graphdef, state = create_state(cfg, mesh)
+        batch = {k: jax.device_put(v, ax.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+        with ax.axis_rules(mesh):
+            runs[name] = jax.jit(make_train_step(cfg, graphdef, mesh))(state, batch)
+    ref_state, ref_m = runs.pop("padded 1 device")
+    for name, (st, m) in runs.items():
+        np.testing.assert_allclose(m["loss"], ref_m["loss"], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-4, err_msg=name)
+        for a, b in zip(jax.tree.leaves(ref_state), jax.tree.leaves(st)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, err_msg=name)
+
+
+def test_packed_training_run_reports_the_padded_runs_losses(tmp_path, tiny_overrides):
+    import json
+
+    from e5jax.config import load_config, replace
+    from e5jax.train.loop import train
+
+    losses = {}
+    for pack_on in (False, True):
+        cfg = load_config("configs/tiny_pretrain.py", tiny_overrides)
+        cfg = replace(cfg, **{"data.pack": pack_on, "train.steps": 3, "train.batch_size": 16,
+                              "train.grad_cache_chunk": 8, "train.eval_every": 0, "train.log_every": 1})
+        workdir = tmp_path / f"pack_{pack_on}"
+        train(cfg, str(workdir), log=lambda s: None)
+        rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+        losses[pack_on] = [r["loss"] for r in rows if r["split"] == "train"]
+    assert len(losses[True]) == 3
+    np.testing.assert_allclose(losses[True], losses[False], atol=1e-4)
