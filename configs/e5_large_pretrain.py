@@ -15,7 +15,7 @@ def get_config() -> Config:
     return Config(
         model=ModelConfig(init="ckpt/bert-large-uncased-wwm", pooling="mean", normalize=True,
                           dtype="bfloat16", remat=True),
-        data=DataConfig(data_dir="gs://BUCKET/tfds", name="ccpairs_filtered", max_query_length=128,
+        data=DataConfig(data_dir="gs://BUCKET/tfds", name="ccpairs_filtered", pack=True, max_query_length=128,
                         max_passage_length=128, num_buckets=4, one_source_per_batch=True),
         # 335M params: parameters over fsdp=8, feed-forward and heads split 2-way.
         mesh=MeshConfig(data=-1, fsdp=8, tensor=2),

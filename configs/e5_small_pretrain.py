@@ -17,7 +17,7 @@ def get_config() -> Config:
     return Config(
         model=ModelConfig(init="ckpt/MiniLM-L12-H384-uncased", pooling="mean", normalize=True,
                           dtype="bfloat16", remat=True),
-        data=DataConfig(data_dir="gs://BUCKET/tfds", name="ccpairs_filtered", max_query_length=128,
+        data=DataConfig(data_dir="gs://BUCKET/tfds", name="ccpairs_filtered", pack=True, max_query_length=128,
                         max_passage_length=128, num_buckets=4, one_source_per_batch=True),
         # 32,768 pairs over a v4 pod: pure data parallelism is enough for 33M params.
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),

@@ -259,7 +259,7 @@ def finetune_settings(pretrain: Config, *, init: str) -> Config:
         pretrain,
         model=dataclasses.replace(pretrain.model, init=init),
         data=DataConfig(data_dir=pretrain.data.data_dir, name="e5_finetune", max_query_length=192,
-                        max_passage_length=192, num_buckets=4, num_hard_negatives=7),
+                        max_passage_length=192, num_buckets=4, num_hard_negatives=7, pack=pretrain.data.pack),
         optim=OptimConfig(learning_rate=2e-5, warmup_steps=400, weight_decay=0.01),
         # alpha = infonce_weight; teacher scores are cross-encoder logits.
         loss=LossConfig(temperature=0.01, kd_weight=1.0, infonce_weight=0.2, teacher_temperature=1.0),
