@@ -10,7 +10,7 @@ from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig
 
 def get_config() -> Config:
     return Config(
-        model=ModelConfig(pooling="mean", normalize=True, dtype="float32"),
+        model=ModelConfig(pooling="mean", normalize=True, dtype="auto"),
         data=DataConfig(max_query_length=64, max_passage_length=64, num_buckets=2, pack=True),
         mesh=MeshConfig(data=-1),
         optim=OptimConfig(learning_rate=3e-5, warmup_steps=6, weight_decay=0.01),

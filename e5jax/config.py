@@ -39,15 +39,15 @@ class ModelConfig:
     tokenizer: str = ""  # tokenizer folder; "" = the init folder
     pooling: str = "mean"  # "mean" (E5) or "cls"
     normalize: bool = True  # L2-normalise embeddings (cosine similarity)
-    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (params stay fp32)
+    dtype: str = "auto"  # compute dtype: "float32", "bfloat16", or "auto" = bf16 where native (params stay fp32)
     remat: bool = False  # rematerialise each layer in the backward pass (saves memory)
     dropout: float = -1.0  # override hidden/attention dropout; < 0 keeps the checkpoint's
 
     def __post_init__(self):
         if self.pooling not in ("mean", "cls"):
             raise E5Error(f"model.pooling must be 'mean' or 'cls', got {self.pooling!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise E5Error(f"model.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise E5Error(f"model.dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from e5jax.model import axes as ax
 from e5jax.train import checkpoint as ckpt
 from e5jax.train.metrics import MetricWriter, Progress
 from e5jax.train.optimizer import schedule
-from e5jax.train.state import abstract_state, create_state, load_tokenizer
+from e5jax.train.state import abstract_state, compute_dtype, create_state, load_tokenizer
 from e5jax.train.step import make_eval_step, make_train_step
 
 
@@ -141,6 +141,11 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
     else:
         graphdef, state = create_state(cfg, mesh)
         start = 0
+
+    if is_main:
+        layout = "packed rows" if cfg.data.pack else "padded to length buckets"
+        log(f"compute dtype {compute_dtype(cfg)} (model.dtype={cfg.model.dtype}); texts {layout}; "
+            f"mesh {dict(mesh.shape)}")
 
     # ---------------------------------------------------------------- Step
     step_fn, eval_fn = jit_steps(cfg, graphdef, mesh, shardings)

@@ -109,13 +109,24 @@ def state_shardings(state: nnx.State, cfg: Config, mesh: Mesh):
     return ax.state_shardings(state, mesh, cfg.mesh.rules)
 
 
+def compute_dtype(cfg: Config) -> str:
+    """`model.dtype`, with "auto" resolved as for inference (`encoder.default_dtype`):
+    bf16 on TPU, GPU and CPUs with native bf16, fp32 elsewhere."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    from e5jax.model.encoder import default_dtype
+
+    return default_dtype()
+
+
 def abstract_state(cfg: Config, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State, object]:
     """Shapes and shardings only (nothing allocated) — the restore target."""
 
     bert = bert_config(cfg)
+    dtype = compute_dtype(cfg)
 
     def build():
-        m = TextEncoder(bert, pooling=cfg.model.pooling, normalize=cfg.model.normalize, dtype=cfg.model.dtype,
+        m = TextEncoder(bert, pooling=cfg.model.pooling, normalize=cfg.model.normalize, dtype=dtype,
                         remat=cfg.model.remat, with_pooler=True, rngs=nnx.Rngs(0))
         opt = nnx.Optimizer(m, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
         return m, opt
