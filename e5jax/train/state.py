@@ -81,7 +81,7 @@ def workdir_config(workdir: str) -> Config:
 
 def create_model(cfg: Config, mesh: Mesh) -> TextEncoder:
     m = cfg.model
-    kwargs = dict(pooling=m.pooling, normalize=m.normalize, dtype=m.dtype, remat=m.remat)
+    kwargs = dict(pooling=m.pooling, normalize=m.normalize, dtype=compute_dtype(cfg), remat=m.remat)
     if is_workdir(m.init):
         # Fine-tuning from a pre-training run: its newest checkpoint's encoder weights.
         from e5jax.model.encoder import encoder_params

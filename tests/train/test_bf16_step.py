@@ -29,3 +29,17 @@ def test_bf16_step_gradient_close_to_fp32(tiny_overrides):
             cos = (got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)
             size = np.linalg.norm(got) / np.linalg.norm(ref)
             assert cos > 0.98 and 0.95 < size < 1.05, (k, cos, size)
+
+
+def test_auto_dtype_follows_the_hardware_default(tiny_overrides, monkeypatch):
+    from e5jax.train.state import abstract_state
+
+    for forced in ("bfloat16", "float32"):
+        monkeypatch.setenv("E5JAX_DTYPE", forced)  # what default_dtype() reports
+        cfg = _cfg(tiny_overrides, **{"model.dtype": "auto"})
+        mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
+        graphdef, state = create_state(cfg, mesh)
+        model, _ = nnx.merge(graphdef, state)
+        assert str(model.bert.dtype) == forced
+        abstract_graphdef, _, _ = abstract_state(cfg, mesh)  # the restore target agrees
+        assert str(nnx.merge(abstract_graphdef, state)[0].bert.dtype) == forced
