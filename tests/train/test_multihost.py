@@ -24,7 +24,13 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_checkpoint(tmp_path, tiny_overrides):
+@pytest.mark.parametrize("layout", [
+    [],  # padded rows, plain step
+    # packed rows + gradient caching: each host packs 4 devices x 2 chunks groups and
+    # the hosts agree on the packed row count every step
+    ["data.pack=true", "train.grad_cache_chunk=8"],
+], ids=["padded", "packed-cached"])
+def test_two_processes_train_and_checkpoint(tmp_path, tiny_overrides, layout):
     port = _free_port()
     workdir = tmp_path / "work"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
@@ -33,7 +39,7 @@ def test_two_processes_train_and_checkpoint(tmp_path, tiny_overrides):
         args = [sys.executable, "-m", "e5jax.cli", "train", "--config", "configs/tiny_pretrain.py",
                 "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                 "--process-id", str(pid)]
-        for o in tiny_overrides + ["train.steps=3", "train.checkpoint_every=3", "train.batch_size=16"]:
+        for o in tiny_overrides + ["train.steps=3", "train.checkpoint_every=3", "train.batch_size=16"] + layout:
             args += ["--set", o]
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = []
@@ -42,6 +48,7 @@ def test_two_processes_train_and_checkpoint(tmp_path, tiny_overrides):
         assert p.returncode == 0, out[-3000:]
         outs.append(out)
 
+    assert ("texts packed rows" in outs[0]) == bool(layout)
     pattern = re.compile(r"\[process (\d)\] step (\d)/3 \| loss ([0-9.]+) .*host data crc (\d+)")
     seen = {}
     for out in outs:
