@@ -107,12 +107,16 @@ class BertConfig:
 
 
 # ------------------------------------------------------------- mixed precision
-# XLA:CPU runs a bf16 x bf16 dot with an fp32 result ~2x faster than fp32, but
-# one with a bf16 result, or one mixing an fp32 operand, no faster than fp32.
-# Autodiff of `dot(bf16, bf16) -> fp32` would hand the backward dots an fp32
-# cotangent (the slow mixed kind), so these two custom VJPs cast the incoming
-# cotangent to bf16 first: all three matmuls of fwd+bwd take the fast path, and
-# each still accumulates in fp32. fp32 inputs never come here.
+# Autodiff of `dot(bf16, bf16) -> fp32` hands the backward dots an fp32
+# cotangent, i.e. mixed fp32 x bf16 dots, which XLA runs by upcasting both
+# operands to fp32. These two custom VJPs cast the incoming cotangent to bf16
+# first, so the backward dots are bf16 x bf16 with fp32 accumulation and the
+# cotangents flowing back through the network are bf16 (half the memory
+# traffic). Measured on a 2-core AVX512-BF16 CPU (MiniLM, 32 packed pairs):
+# fwd+bwd 1.47 s -> 1.25 s. XLA:CPU's fast bf16 kernel (~2x fp32) still only
+# takes dots whose operands are both in canonical layout, so the two backward
+# dots with a transposed operand run at about fp32 speed there; TPUs and GPUs
+# have no such restriction. fp32 inputs never come here.
 
 
 @jax.custom_vjp
