@@ -62,7 +62,7 @@ class DataConfig:
     max_passage_length: int = 128
     num_buckets: int = 4  # pad to one of this many lengths up to the max (few compiled shapes)
     pack: bool = False  # pack several texts per row of max length (no padding computed; data/packing.py)
-    pack_row_step: int = 0  # packed row counts round up to a multiple of this; 0 = 1/8 of a group's texts
+    pack_row_step: int = 0  # packed row counts round up to a multiple of this; 0 = a power of two <= rows/16
     num_hard_negatives: int = 0  # hard negatives per query (fine-tuning); 0 = in-batch only
     one_source_per_batch: bool = False  # draw each batch from a single source
     shuffle_seed: int = 0  # deterministic shuffle (same seed -> same batches)

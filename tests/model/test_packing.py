@@ -18,6 +18,18 @@ from e5jax.model.bert import BertConfig, row_seeds
 from e5jax.model.encoder import TextEncoder
 
 
+def test_default_row_rounding_wastes_little_and_is_a_power_of_two():
+    from e5jax.data.packing import default_row_step
+
+    assert [default_row_step(n) for n in (1, 15, 16, 33, 530, 1024)] == [1, 1, 1, 2, 32, 64]
+    rng = np.random.default_rng(0)
+    texts = [[1] * int(k) for k in rng.integers(5, 129, size=4096)]
+    out = pack(texts, groups=4, pack_len=128, pad_id=0)
+    need = max(len(first_fit_decreasing([len(t) for t in texts[g * 1024:(g + 1) * 1024]], 128)) for g in range(4))
+    rows = out["input_ids"].shape[1]
+    assert need <= rows <= need * 17 / 16 and rows % default_row_step(need) == 0
+
+
 def test_first_fit_decreasing_fills_rows_and_keeps_texts_whole():
     lengths = [5, 9, 3, 7, 2, 6]
     rows = first_fit_decreasing(lengths, 10)
