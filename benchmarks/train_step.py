@@ -88,7 +88,7 @@ def worker_e5jax(a) -> dict:
             ids = tok(texts, truncation=True, max_length=a.max_len, padding=False)["input_ids"]
             if a.pack:  # the pipeline's packing: one group per gradient-cache chunk (1 device)
                 groups = a.batch // a.chunk if a.chunk else 1
-                packed = pack(ids, groups=groups, pack_len=a.max_len, pad_id=tok.pad_token_id or 0)
+                packed = pack(ids, groups=groups, pack_len=a.max_len, pad_id=tok.pad_token_id or 0, blocks=1)
                 b.update({f"{tower}_{k}": v for k, v in packed.items()})
                 lengths += [a.max_len] * (packed["input_ids"].shape[0] * packed["input_ids"].shape[1])
             else:

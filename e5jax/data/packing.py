@@ -58,16 +58,51 @@ def default_row_step(rows_needed: int) -> int:
     return 1 << max(0, (rows_needed // 16).bit_length() - 1)
 
 
+def balanced_order(lengths: Sequence[int], blocks: int, groups: int) -> np.ndarray:
+    """Slot -> text (index inside its block) so a block's groups get equal text counts
+    and near-equal token counts: longest first, dealt in snake order over the groups."""
+    n = len(lengths)
+    per_block, per_group = n // blocks, groups // blocks
+    b = per_block // per_group
+    order = np.empty(n, np.int64)
+    for blk in range(blocks):
+        lo = blk * per_block
+        ranked = sorted(range(per_block), key=lambda i: (-lengths[lo + i], i))
+        slots = [[] for _ in range(per_group)]
+        for r, i in enumerate(ranked):
+            lap, k = divmod(r, per_group)
+            slots[k if lap % 2 == 0 else per_group - 1 - k].append(i)
+        for k, members in enumerate(slots):
+            order[lo + k * b:lo + (k + 1) * b] = sorted(members)
+    return order
+
+
 def pack(
-    token_rows: Sequence[Sequence[int]], *, groups: int, pack_len: int, pad_id: int, row_step: int = 0
+    token_rows: Sequence[Sequence[int]], *, groups: int, pack_len: int, pad_id: int, row_step: int = 0,
+    blocks: int = 0,
 ) -> dict[str, np.ndarray]:
     """Pack N tokenised texts into `groups` groups (module docstring). Returns the
-    three [G, R, pack_len] int32 arrays and ``lengths`` [N] (tokens per text)."""
+    three [G, R, pack_len] int32 arrays and ``lengths`` [N] (tokens per text).
+
+    `blocks` > 0 (the devices; `groups` a multiple of it, one group per chunk):
+    the texts of each block are spread over its groups by length
+    (`balanced_order`) instead of in consecutive runs, so that small
+    gradient-cache chunks need as few rows as the plain step. ``order``
+    [blocks, N / blocks] then says which text of its block each slot holds
+    (slots in group order: group g holds slots g*b .. g*b+b-1); ``lengths`` is
+    in slot order too."""
     n = len(token_rows)
-    if groups < 1 or n % groups:
-        raise ValueError(f"{n} texts cannot be split into {groups} equal packing groups")
+    if groups < 1 or n % groups or (blocks and (groups % blocks or n % blocks)):
+        raise ValueError(f"{n} texts cannot be split into {groups} equal packing groups over {blocks or 1} blocks")
     b = n // groups
     lengths = [len(r) for r in token_rows]
+    order = None
+    if blocks and groups > blocks:
+        order = balanced_order(lengths, blocks, groups)
+        per_block = n // blocks
+        slot_text = order + np.repeat(np.arange(blocks) * per_block, per_block)
+        token_rows = [token_rows[i] for i in slot_text]
+        lengths = [lengths[i] for i in slot_text]
     plans = [first_fit_decreasing(lengths[g * b:(g + 1) * b], pack_len) for g in range(groups)]
     need = max(len(p) for p in plans)
     step = row_step or default_row_step(need)
@@ -84,7 +119,10 @@ def pack(
                 seg[g, r, at:at + len(t)] = i + 1
                 pos[g, r, at:at + len(t)] = np.arange(len(t))
                 at += len(t)
-    return dict(input_ids=ids, segment_ids=seg, positions=pos, lengths=np.asarray(lengths, np.int32))
+    out = dict(input_ids=ids, segment_ids=seg, positions=pos, lengths=np.asarray(lengths, np.int32))
+    if order is not None:  # [blocks, N / blocks]: its leading dim shards like the rows'
+        out["order"] = order.astype(np.int32).reshape(blocks, -1)
+    return out
 
 
 def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:

@@ -124,10 +124,11 @@ class HasNegatives(grain.transforms.Filter):
 class TokenizeBatch(grain.transforms.Map):
     """A list of records -> the model's numpy batch (see module docstring)."""
 
-    def __init__(self, tokenizer, cfg: DataConfig, pack_groups: int = 1):
+    def __init__(self, tokenizer, cfg: DataConfig, pack_groups: int = 1, pack_blocks: int = 0):
         self._tok = tokenizer
         self._cfg = cfg
         self._groups = pack_groups  # packing groups per host batch: local batch shards x grad-cache chunks
+        self._blocks = pack_blocks  # local batch shards: texts are balanced over each one's chunk groups
         self._pad = int(tokenizer.pad_token_id or 0)
         self._q_buckets = bucket_lengths(cfg.max_query_length, cfg.num_buckets)
         self._p_buckets = bucket_lengths(cfg.max_passage_length, cfg.num_buckets)
@@ -143,7 +144,7 @@ class TokenizeBatch(grain.transforms.Map):
             return
         ids = self._tok(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
         packed = packing.pack(ids, groups=self._groups, pack_len=max_length, pad_id=self._pad,
-                              row_step=self._cfg.pack_row_step)
+                              row_step=self._cfg.pack_row_step, blocks=self._blocks)
         out.update({f"{tower}_{k}": v for k, v in packed.items()})
 
     def map(self, batch: list[dict]) -> dict[str, np.ndarray]:
@@ -225,13 +226,15 @@ def make_train_iterator(
     seed: int,
     num_epochs: int | None = None,
     pack_groups: int = 1,
+    pack_blocks: int = 0,
 ) -> grain.DatasetIterator:
     """Checkpointable iterator of this process's training batches (dicts of numpy arrays).
 
     `num_epochs=None` repeats forever, each epoch in a new order. With
     `cfg.one_source_per_batch`, each source is shuffled and batched on its
     own and batches are mixed in proportion to the sources' sizes. With
-    `cfg.pack`, each tower is packed in `pack_groups` groups (packing.py).
+    `cfg.pack`, each tower is packed in `pack_groups` groups, balanced over
+    `pack_blocks` blocks (packing.py).
     """
     if batch_size_per_process < 1:
         raise E5Error(f"batch_size_per_process must be >= 1, got {batch_size_per_process}")
@@ -242,7 +245,7 @@ def make_train_iterator(
         it = grain.IterDataset.mix(streams, weights={s: float(len(p)) for s, p in parts.items()})
     else:
         it = _batched(ds, cfg, batch_size_per_process, seed, "all", num_epochs)
-    it = it.map(TokenizeBatch(tokenizer, cfg, pack_groups))
+    it = it.map(TokenizeBatch(tokenizer, cfg, pack_groups, pack_blocks))
     if cfg.worker_count > 0:
         from absl import flags
 

@@ -72,7 +72,8 @@ def _iterators(cfg: Config, tokenizer, split: str, *, train: bool, mesh):
               process_index=jax.process_index(), process_count=jax.process_count(),
               pack_groups=pack_groups(cfg, mesh, train=train))
     if train:
-        return make_train_iterator(source, seed=cfg.data.shuffle_seed, **kw)
+        local_shards = max(1, mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count())
+        return make_train_iterator(source, seed=cfg.data.shuffle_seed, pack_blocks=local_shards, **kw)
     return make_eval_iterator(source, **kw)
 
 

@@ -70,6 +70,33 @@ def _packed(batch: Batch, tower: str):
     return tuple(batch[f"{tower}_{k}"] for k in ("input_ids", "segment_ids", "positions"))
 
 
+# A packed tower may hold its texts in "slot order" (`packing.balanced_order`):
+# `{tower}_order` [blocks, N/blocks] names the text (inside its block = device)
+# of each slot. Embeddings are computed per slot and put back in batch order by
+# a per-block gather, which stays on the device that holds the block.
+
+
+def _slot_texts(batch: Batch, tower: str) -> jax.Array:
+    """[N] batch index of the text in each slot (the identity without an order)."""
+    n = num_texts(batch, tower)
+    if f"{tower}_order" not in batch:
+        return jnp.arange(n)
+    order = batch[f"{tower}_order"]
+    blocks, per = order.shape
+    return (order + jnp.arange(blocks)[:, None] * per).reshape(n)
+
+
+def _permute(x: jax.Array, batch: Batch, tower: str, *, to_batch: bool) -> jax.Array:
+    """Rows [N, ...] from slot order to batch order (or back)."""
+    if f"{tower}_order" not in batch:
+        return x
+    order = batch[f"{tower}_order"]
+    blocks, per = order.shape
+    idx = jnp.argsort(order, axis=1) if to_batch else order
+    xb = x.reshape(blocks, per, *x.shape[1:])
+    return jnp.take_along_axis(xb, idx.reshape(blocks, per, *[1] * (x.ndim - 1)), axis=1).reshape(x.shape)
+
+
 def batch_loss(q, p, neg, batch: Batch, cfg: Config, mesh: Mesh | None):
     """The loss on embeddings (InfoNCE over the global batch, + KD when configured)."""
     teacher = batch.get("teacher_scores") if cfg.loss.kd_weight > 0 else None
@@ -97,8 +124,9 @@ def embed_tower(model: TextEncoder, batch: Batch, tower: str, step_key) -> jax.A
     if is_packed(batch, tower):
         ids, seg, pos = _packed(batch, tower)
         G = ids.shape[0]
-        emb = model.encode_packed(ids, seg, pos, n // G, seeds=_seeds(step_key, tower, rows.reshape(G, -1)))
-        return emb.reshape(n, -1)
+        texts = _slot_texts(batch, tower).reshape(G, -1)
+        emb = model.encode_packed(ids, seg, pos, n // G, seeds=_seeds(step_key, tower, texts))
+        return _permute(emb.reshape(n, -1), batch, tower, to_batch=True)
     ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
     ids, mask = ids.reshape(n, ids.shape[-1]), mask.reshape(n, mask.shape[-1])
     return model(ids, mask, dropout_key=row_keys(step_key, tower, rows))
@@ -153,9 +181,9 @@ class _PackedChunks:
         G = ids.shape[0]
         if G % n:
             raise ValueError(f"{tower}: {G} packing groups do not split into {n} gradient-cache chunks")
-        self.n, self.tower, self.D, self.b = n, tower, G // n, N // G
+        self.n, self.tower, self.D, self.b, self.batch = n, tower, G // n, N // G, batch
         by_chunk = lambda x: jnp.swapaxes(x.reshape(self.D, n, *x.shape[1:]), 0, 1)  # noqa: E731
-        rows = jnp.arange(N).reshape(G, self.b)
+        rows = _slot_texts(batch, tower).reshape(G, self.b)  # each slot's batch index: its dropout seed
         self.inputs = tuple(by_chunk(x) for x in (*_packed(batch, tower), rows))
 
     def embed(self, model: TextEncoder, chunk, step_key) -> jax.Array:
@@ -165,9 +193,11 @@ class _PackedChunks:
 
     def merge(self, e: jax.Array) -> jax.Array:  # [n, D*b, H] -> [N, H] in batch order
         e = e.reshape(self.n, self.D, self.b, -1)
-        return jnp.swapaxes(e, 0, 1).reshape(self.n * self.D * self.b, -1)
+        e = jnp.swapaxes(e, 0, 1).reshape(self.n * self.D * self.b, -1)
+        return _permute(e, self.batch, self.tower, to_batch=True)
 
     def split(self, d: jax.Array) -> jax.Array:  # the inverse of merge
+        d = _permute(d, self.batch, self.tower, to_batch=False)
         d = jnp.swapaxes(d.reshape(self.D, self.n, self.b, -1), 0, 1)
         return d.reshape(self.n, self.D * self.b, -1)
 

@@ -30,6 +30,25 @@ def test_default_row_rounding_wastes_little_and_is_a_power_of_two():
     assert need <= rows <= need * 17 / 16 and rows % default_row_step(need) == 0
 
 
+def test_balanced_order_spreads_each_blocks_texts_over_its_groups():
+    rng = np.random.default_rng(5)
+    texts = [[int(t)] * int(k) for t, k in enumerate(rng.integers(1, 60, size=48))]
+    out = pack(texts, groups=8, pack_len=64, pad_id=0, blocks=2)  # 2 devices x 4 chunks of 6 texts
+    order = out["order"]
+    assert order.shape == (2, 24)
+    for blk in range(2):
+        assert sorted(order[blk]) == list(range(24))  # a permutation inside the block
+    slot_text = (order + np.arange(2)[:, None] * 24).reshape(-1)
+    seg, ids = out["segment_ids"], out["input_ids"]
+    for g in range(8):
+        for s in range(6):  # slot s of group g holds exactly its text's tokens
+            t = texts[slot_text[g * 6 + s]]
+            np.testing.assert_array_equal(ids[g][seg[g] == s + 1], t)
+    per_group = np.asarray([len(texts[i]) for i in slot_text]).reshape(8, 6).sum(1)
+    plain = np.asarray([len(t) for t in texts]).reshape(8, 6).sum(1)
+    assert per_group.max() - per_group.min() < plain.max() - plain.min()  # balanced
+
+
 def test_first_fit_decreasing_fills_rows_and_keeps_texts_whole():
     lengths = [5, 9, 3, 7, 2, 6]
     rows = first_fit_decreasing(lengths, 10)

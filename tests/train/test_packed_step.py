@@ -13,8 +13,9 @@ from e5jax.train.step import cached_grads, make_train_step, plain_loss
 from tests.train.test_step import _batch, _cfg
 
 
-def to_packed(batch: dict, groups: int) -> dict:
-    """The same texts as `batch`'s padded towers, packed in `groups` groups."""
+def to_packed(batch: dict, groups: int, blocks: int = 0) -> dict:
+    """The same texts as `batch`'s padded towers, packed in `groups` groups
+    (balanced over `blocks` blocks, in slot order, when given)."""
     out = {k: v for k, v in batch.items() if not k.endswith(("_input_ids", "_attention_mask"))}
     for tower in ("query", "passage", "negative"):
         if f"{tower}_input_ids" not in batch:
@@ -24,7 +25,8 @@ def to_packed(batch: dict, groups: int) -> dict:
         ids, mask = ids.reshape(-1, L), mask.reshape(-1, L)
         texts = [row[: m.sum()] for row, m in zip(ids, mask)]
         # rows twice the padded length: several texts share a row
-        out.update({f"{tower}_{k}": v for k, v in pack(texts, groups=groups, pack_len=2 * L, pad_id=0).items()})
+        packed = pack(texts, groups=groups, pack_len=2 * L, pad_id=0, blocks=blocks)
+        out.update({f"{tower}_{k}": v for k, v in packed.items()})
     return out
 
 
@@ -36,6 +38,8 @@ def test_packed_loss_and_grads_equal_padded_with_dropout_and_negatives(tiny_over
     padded = _batch(np.random.default_rng(0), K=2)
     packed = to_packed(padded, groups=4)  # 4 groups = the 4 gradient-cache chunks
     assert packed["passage_input_ids"].shape[1] < 4  # several texts per row
+    balanced = to_packed(padded, groups=4, blocks=1)  # texts spread over the chunks by length
+    assert "passage_order" in balanced and not (balanced["passage_order"] == np.arange(16)).all()
     key = jax.random.key(3)
 
     def grads(fn, batch):
@@ -45,7 +49,7 @@ def test_packed_loss_and_grads_equal_padded_with_dropout_and_negatives(tiny_over
     plain = lambda m, b: nnx.value_and_grad(lambda mm: plain_loss(mm, b, key, cfg, None), has_aux=True)(m)  # noqa
     cached = lambda m, b: cached_grads(m, b, key, cfg, None)  # noqa: E731
     ref = grads(plain, padded)
-    for got in (grads(plain, packed), grads(cached, packed)):
+    for got in (grads(plain, packed), grads(cached, packed), grads(plain, balanced), grads(cached, balanced)):
         np.testing.assert_allclose(got[0], ref[0], atol=1e-5)
         assert got[1] == ref[1]
         for k in ref[2]:
@@ -57,7 +61,8 @@ def test_packed_cached_step_on_4_devices_equals_padded_step_on_1(tiny_overrides)
     runs = {}
     for name, chunk, ndev, batch in (("padded 1 device", 0, 1, padded),
                                      ("packed 4 devices", 0, 4, to_packed(padded, groups=4)),
-                                     ("packed cached 4 devices", 8, 4, to_packed(padded, groups=8))):
+                                     ("packed cached 4 devices", 8, 4, to_packed(padded, groups=8)),
+                                     ("balanced cached 4 devices", 8, 4, to_packed(padded, groups=8, blocks=4))):
         cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16,
                                       "optim.learning_rate": 2e-5})
         mesh = ax.make_mesh(cfg.mesh, jax.devices()[:ndev])
