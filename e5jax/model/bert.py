@@ -112,8 +112,8 @@ class BertConfig:
 # operands to fp32. These two custom VJPs cast the incoming cotangent to bf16
 # first, so the backward dots are bf16 x bf16 with fp32 accumulation and the
 # cotangents flowing back through the network are bf16 (half the memory
-# traffic). Measured on a 2-core AVX512-BF16 CPU (MiniLM, 32 packed pairs):
-# fwd+bwd 1.47 s -> 1.25 s. XLA:CPU's fast bf16 kernel (~2x fp32) still only
+# traffic). Measured on a 2-core AVX512-BF16 CPU (MiniLM, 32 packed pairs,
+# benchmarks/step_ablation.py): fwd+bwd 1.54 s -> 1.20 s. XLA:CPU's fast bf16 kernel (~2x fp32) still only
 # takes dots whose operands are both in canonical layout, so the two backward
 # dots with a transposed operand run at about fp32 speed there; TPUs and GPUs
 # have no such restriction. fp32 inputs never come here.

@@ -1,0 +1,119 @@
+"""Where a packed training step's time goes: forward, forward+backward and the
+AdamW update of all-MiniLM-L6-v2 on the `train_step.py` mnrl batch (32 real
+Debian pairs, max 128 tokens, packed, dropout on), and the same step with one
+piece swapped out at a time.
+
+    .venv/bin/python benchmarks/step_ablation.py                  # fp32 and bf16
+    .venv/bin/python benchmarks/step_ablation.py --dtypes bfloat16
+
+Variants (each changes the model only inside this process):
+* autodiff-bf16-backward — the bf16 custom VJPs (`dense_dot`, `batched_matmul`)
+  replaced by plain autodiff of the same dots (bf16 only);
+* relu — exact-erf GELU replaced by ReLU (what GELU costs);
+* no-layernorm — LayerNorm replaced by its affine part (what normalising costs);
+* no-attention-matmuls — the two attention products replaced by zeros of their shape.
+Timings are medians of 3 after a compile; the model's numbers are not the point
+of the variants, only their time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from common import ROOT, model_dir, pairs
+
+sys.path.insert(0, str(ROOT))
+
+from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from e5jax.data.packing import pack  # noqa: E402
+from e5jax.model import axes as ax  # noqa: E402
+from e5jax.model import bert  # noqa: E402
+from e5jax.train.state import create_state, load_tokenizer  # noqa: E402
+from e5jax.train.step import plain_loss  # noqa: E402
+
+ORIGINAL = dict(dense_dot=bert.dense_dot, batched_matmul=bert.batched_matmul, matmul_f32=bert.matmul_f32,
+                gelu=bert.ACTIVATIONS["gelu"], layernorm=bert.LayerNorm.__call__)
+
+
+def set_variant(name: str) -> None:
+    bert.dense_dot, bert.batched_matmul = ORIGINAL["dense_dot"], ORIGINAL["batched_matmul"]
+    bert.matmul_f32, bert.ACTIVATIONS["gelu"] = ORIGINAL["matmul_f32"], ORIGINAL["gelu"]
+    bert.LayerNorm.__call__ = ORIGINAL["layernorm"]
+    if name == "autodiff-bf16-backward":
+        bert.dense_dot = lambda x, k: jnp.dot(x, k.astype(x.dtype), preferred_element_type=jnp.float32)
+        bert.batched_matmul = lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32)
+    elif name == "relu":
+        bert.ACTIVATIONS["gelu"] = jax.nn.relu
+    elif name == "no-layernorm":
+        bert.LayerNorm.__call__ = lambda self, x: x * self.scale[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+    elif name == "no-attention-matmuls":
+        bert.matmul_f32 = lambda a, b: jnp.zeros(a.shape[:-1] + b.shape[-1:], jnp.float32) + 0 * (
+            a[..., :1].astype(jnp.float32) * b[..., :1, :].astype(jnp.float32).sum())
+
+
+def timed(fn, *args, repeat: int = 3) -> float:
+    jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    args = ap.parse_args()
+    base = Config(model=ModelConfig(init=str(model_dir())), data=DataConfig(pack=True),
+                  mesh=MeshConfig(data=1, fsdp=1, tensor=1), optim=OptimConfig(learning_rate=2e-5, warmup_steps=0),
+                  loss=LossConfig(temperature=0.05), train=TrainConfig(batch_size=32, steps=100))
+    tok = load_tokenizer(base)
+    ps = pairs(32)
+    batch = {"passage_key": np.arange(32, dtype=np.int32)}
+    for tower, texts in (("query", [q for q, _ in ps]), ("passage", [p for _, p in ps])):
+        ids = tok(texts, truncation=True, max_length=128)["input_ids"]
+        batch.update({f"{tower}_{k}": v for k, v in pack(ids, groups=1, pack_len=128, pad_id=0).items()})
+    print(f"packed rows: query {batch['query_input_ids'].shape[1]}, passage {batch['passage_input_ids'].shape[1]} "
+          f"x 128 tokens; real tokens {int(batch['query_lengths'].sum() + batch['passage_lengths'].sum())}")
+    key = jax.random.key(0)
+    mesh = ax.make_mesh(base.mesh, jax.devices()[:1])
+    for dt in args.dtypes.split(","):
+        from e5jax.config import replace
+
+        cfg = replace(base, **{"model.dtype": dt})
+        graphdef, state = create_state(cfg, mesh)
+        variants = ["baseline"] + (["autodiff-bf16-backward"] if dt == "bfloat16" else []) + [
+            "relu", "no-layernorm", "no-attention-matmuls"]
+        for v in variants:
+            set_variant(v)
+            model, _ = nnx.merge(graphdef, state)
+            fwd = jax.jit(lambda m, b: plain_loss(m, b, key, cfg, None)[0])
+            fwd_bwd = jax.jit(lambda m, b: nnx.value_and_grad(lambda mm: plain_loss(mm, b, key, cfg, None)[0])(m))
+            line = f"{dt:9s} {v:24s} fwd {timed(fwd, model, batch) * 1e3:7.1f} ms   fwd+bwd " \
+                   f"{timed(fwd_bwd, model, batch) * 1e3:7.1f} ms"
+            if v == "baseline":
+                grads = jax.jit(lambda m, b: nnx.grad(lambda mm: plain_loss(mm, b, key, cfg, None)[0])(m))(model, batch)
+
+                @jax.jit
+                def update(s, g):
+                    m, o = nnx.merge(graphdef, s)
+                    o.update(m, g)
+                    return nnx.state((m, o))
+
+                line += f"   AdamW update {timed(update, state, grads) * 1e3:6.1f} ms"
+            print(line, flush=True)
+        set_variant("baseline")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
