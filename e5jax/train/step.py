@@ -120,7 +120,6 @@ def _reshape_neg(emb, batch):
 def embed_tower(model: TextEncoder, batch: Batch, tower: str, step_key) -> jax.Array:
     """Embeddings [N, H] of one tower, padded or packed, in batch order."""
     n = num_texts(batch, tower)
-    rows = jnp.arange(n)
     if is_packed(batch, tower):
         ids, seg, pos = _packed(batch, tower)
         G = ids.shape[0]
@@ -129,7 +128,7 @@ def embed_tower(model: TextEncoder, batch: Batch, tower: str, step_key) -> jax.A
         return _permute(emb.reshape(n, -1), batch, tower, to_batch=True)
     ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
     ids, mask = ids.reshape(n, ids.shape[-1]), mask.reshape(n, mask.shape[-1])
-    return model(ids, mask, dropout_key=row_keys(step_key, tower, rows))
+    return model(ids, mask, dropout_key=row_keys(step_key, tower, jnp.arange(n)))
 
 
 def plain_loss(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
