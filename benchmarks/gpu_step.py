@@ -1,0 +1,324 @@
+"""The E5-base pre-training step on one GPU: step time and model FLOPs utilisation (MFU).
+
+Two phases, because a GPU lease is short and packing 65,536 texts is host work:
+
+    # here (CPU): tokenise and pack 32,768 real pairs the way the pipeline
+    # does, in packing groups of 4,096 (the preset's chunk) and of 1,024
+    .venv/bin/python benchmarks/gpu_step.py prepare --out .gpu/b4096.npz --tokenizer-out .gpu/tokenizer
+    .venv/bin/python benchmarks/gpu_step.py prepare --out .gpu/b1024.npz --chunk 1024
+
+    # on the GPU machine (carry .gpu): time the preset's step and two variants
+    python3 benchmarks/gpu_step.py run --json $OUT/gpu_step.json
+
+`run` builds `configs/e5_base_pretrain.py` as written (BERT-base, bf16, packed
+rows, 32,768 pairs, gradient caching in chunks of 4,096, per-layer remat,
+blocked loss, dropout 0.1), except: one device (mesh data=1, fsdp=1), and
+random initialisation from the BERT-base architecture
+(`configs/bert_base_uncased.json`; MFU does not depend on the weights' values,
+and the lease machine cannot download bert-base-uncased). The step is the
+library's: `create_state` + `make_train_step` jitted by `loop.jit_steps`,
+compiled ahead of time, one warm-up step, then the median of timed steps.
+
+Variants, `MODE:BATCH_FILE:remat|noremat`, each in its own process so that one
+running out of memory cannot hide the others (DEFAULT_VARIANTS):
+
+* ``cache:.gpu/b4096.npz:remat``   — the preset as written;
+* ``cache:.gpu/b1024.npz:noremat`` — chunks of 1,024 without remat (a chunk
+                                     of 4,096 without remat needs ~160 GB);
+* ``plain:.gpu/b1024.npz:noremat`` — no gradient caching: the first 1,024-pair
+                                     packing group of each tower.
+
+MFU = model FLOPs / step time / peak. Model FLOPs = 6 · non-embedding params ·
+real tokens + 12 · layers · hidden · Σ(text length²) — the useful work of one
+forward and backward; gradient caching's extra forward, remat's recompute and
+packed-row padding are *not* counted. The peak is the datasheet's dense bf16
+rate of the H100/H200 SXM (989 TFLOP/s); the MFU against a bf16 matmul rate
+measured in the same run is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import ROOT, model_flops, pairs  # noqa: E402
+
+# The preset as written (chunk 4,096, remat), then without remat at chunk 1,024
+# (fits a 141 GB H200), then the plain step on one 1,024-pair group.
+DEFAULT_VARIANTS = "cache:.gpu/b4096.npz:remat,cache:.gpu/b1024.npz:noremat,plain:.gpu/b1024.npz:noremat"
+DATASHEET_BF16 = 989.4e12  # H100 / H200 SXM dense bf16, FLOP/s
+ARCH = ROOT / "configs" / "bert_base_uncased.json"
+PRESET = ROOT / "configs" / "e5_base_pretrain.py"
+
+
+def preset_config(tokenizer: str, *, batch: int | None = None, chunk: int | None = None,
+                  remat: bool | None = None, arch: str = str(ARCH)):
+    """The E5-base preset on one device, randomly initialised from `arch`."""
+    from e5jax.config import load_config
+
+    cfg = load_config(str(PRESET))
+    model = dataclasses.replace(cfg.model, init="", arch=arch, tokenizer=tokenizer,
+                                remat=cfg.model.remat if remat is None else remat)
+    train = dataclasses.replace(cfg.train, batch_size=batch or cfg.train.batch_size,
+                                grad_cache_chunk=cfg.train.grad_cache_chunk if chunk is None else chunk)
+    mesh = dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1)
+    return dataclasses.replace(cfg, model=model, train=train, mesh=mesh)
+
+
+# ============================================================ prepare (CPU)
+
+
+def prepare(a) -> None:
+    import numpy as np
+
+    from e5jax.data.packing import pack
+    from e5jax.train.state import load_tokenizer
+
+    cfg = preset_config(a.tokenizer, batch=a.batch, chunk=a.chunk or None)
+    tok = load_tokenizer(cfg)
+    batch, chunk = cfg.train.batch_size, cfg.train.grad_cache_chunk
+    groups = batch // chunk if chunk else 1
+    ps = pairs(batch, offset=0)
+    out = {}
+    t0 = time.perf_counter()
+    for tower, prefix, texts, max_len in (
+            ("query", "query: ", [q for q, _ in ps], cfg.data.max_query_length),
+            ("passage", "passage: ", [p for _, p in ps], cfg.data.max_passage_length)):
+        ids = tok([prefix + t for t in texts], truncation=True, max_length=max_len, padding=False)["input_ids"]
+        packed = pack(ids, groups=groups, pack_len=max_len, pad_id=tok.pad_token_id or 0,
+                      row_step=cfg.data.pack_row_step, blocks=1)
+        for k, v in packed.items():
+            out[f"{tower}_{k}"] = v
+        print(f"{tower}: {len(ids)} texts, {sum(map(len, ids))} real tokens, packed {packed['input_ids'].shape}",
+              flush=True)
+    print(f"tokenised and packed in {time.perf_counter() - t0:.1f} s")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    np.savez_compressed(a.out, groups=np.int32(groups), **out)
+    print(f"wrote {a.out} ({os.path.getsize(a.out) / 2**20:.1f} MiB)")
+    if a.tokenizer_out:  # the tokenizer files alone (the model folder is too big to carry)
+        os.makedirs(a.tokenizer_out, exist_ok=True)
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            src = os.path.join(a.tokenizer, f)
+            if os.path.exists(src):
+                shutil.copy(src, a.tokenizer_out)
+        print(f"copied the tokenizer to {a.tokenizer_out}")
+
+
+# ============================================================== worker
+
+
+def _take_groups(arrs: dict, n_groups: int) -> dict:
+    """The first `n_groups` packing groups of each tower (a smaller batch packed the same way)."""
+    out = {}
+    for tower in ("query", "passage"):
+        g_all = arrs[f"{tower}_input_ids"].shape[0]
+        n_txt = arrs[f"{tower}_lengths"].shape[0] // g_all * n_groups
+        for k in ("input_ids", "segment_ids", "positions"):
+            out[f"{tower}_{k}"] = arrs[f"{tower}_{k}"][:n_groups]
+        out[f"{tower}_lengths"] = arrs[f"{tower}_lengths"][:n_txt]
+        if f"{tower}_order" in arrs and n_groups == g_all:
+            out[f"{tower}_order"] = arrs[f"{tower}_order"]
+    return out
+
+
+def worker(a) -> dict:
+    import jax
+    import numpy as np
+
+    from e5jax.model import axes as ax
+    from e5jax.train.loop import jit_steps
+    from e5jax.train.state import create_state
+
+    arrs = dict(np.load(a.batch_file))
+    groups = int(arrs.pop("groups"))
+    if a.mode == "plain":  # one packing group = a batch of `chunk` pairs packed the same way
+        arrs = _take_groups(arrs, 1)
+        chunk = 0
+    else:
+        chunk = arrs["query_lengths"].shape[0] // groups
+    batch = arrs["query_lengths"].shape[0]
+    cfg = preset_config(a.tokenizer, batch=batch, chunk=chunk, remat=a.remat == "remat", arch=a.arch)
+    tag = f"  [{a.mode} {batch} chunk {chunk} {a.remat}]"
+    t_start = time.perf_counter()
+
+    def stage(what: str) -> None:  # where the time goes, even if the parent's timeout kills us
+        print(f"{tag} {what} at {time.perf_counter() - t_start:.1f} s", file=sys.stderr, flush=True)
+
+    mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
+    stage(f"backend up ({jax.devices()[0].device_kind}, jax {jax.__version__})")
+    graphdef, state = create_state(cfg, mesh)
+    jax.block_until_ready(state)
+    stage("state initialised")
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn, _ = jit_steps(cfg, graphdef, mesh, shardings)
+    b = {k: jax.device_put(v, ax.batch_sharding(mesh, v.ndim)) for k, v in arrs.items()}
+    t0 = time.perf_counter()
+    with ax.axis_rules(mesh, cfg.mesh.rules):
+        lowered = step_fn.lower(state, b)
+        stage("lowered")
+        fn = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    stage(f"compiled (lower + compile {compile_s:.1f} s)")
+    times, losses = [], []
+    for i in range(1 + a.steps):  # one warm-up step, then timed ones
+        t0 = time.perf_counter()
+        state, metrics = fn(state, b)
+        loss = float(metrics["loss"])  # blocks until the step is done
+        dt = time.perf_counter() - t0
+        print(f"{tag} step {i}{' (warm-up)' * (i == 0)}: {dt:.3f} s, "
+              f"loss {loss:.4f}", file=sys.stderr, flush=True)
+        if i:
+            times.append(dt)
+            losses.append(loss)
+    mem = {}
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        mem = {k: stats[k] for k in ("peak_bytes_in_use", "bytes_limit") if k in stats}
+    except Exception:  # memory_stats is backend-specific
+        pass
+    real = np.concatenate([arrs["query_lengths"], arrs["passage_lengths"]]).tolist()
+    rows = sum(int(np.prod(arrs[f"{t}_input_ids"].shape[:2])) for t in ("query", "passage"))
+    pack_len = arrs["passage_input_ids"].shape[-1]
+    return dict(batch=batch, chunk=cfg.train.grad_cache_chunk, remat=cfg.model.remat,
+                dtype=cfg.model.dtype, times=times, losses=losses, compile_s=compile_s, real=real,
+                rows=rows, pack_len=int(pack_len), device=str(jax.devices()[0].device_kind),
+                jax=jax.__version__, **mem)
+
+
+# ============================================================== run
+
+
+class _Cfg:
+    def __init__(self, d):
+        self.__dict__.update(d)
+
+
+def measured_bf16_peak(n: int = 8192, repeat: int = 10) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32).astype(jnp.bfloat16))
+    for _ in range(3):
+        dot(a, b).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        out = dot(a, b)
+    out.block_until_ready()
+    return 2.0 * n**3 * repeat / (time.perf_counter() - t0)
+
+
+def run(a) -> None:
+    arch = json.loads(open(a.arch).read())
+    mcfg = _Cfg(dict(hidden_size=arch["hidden_size"], intermediate_size=arch["intermediate_size"],
+                     num_hidden_layers=arch["num_hidden_layers"]))
+    # The parent never initialises a JAX backend: on a GPU it would hold the
+    # memory the workers need. The matmul peak is measured in a worker too.
+    peak = None
+    if not a.no_peak:
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "peak", "--n", str(a.peak_n)],
+                           capture_output=True, text=True, timeout=a.timeout)
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line:
+            peak = json.loads(line[len("RESULT "):])["flops"]
+            print(f"measured bf16 matmul ({a.peak_n}^3, fp32 accumulation): {peak / 1e12:.0f} TFLOP/s; "
+                  f"datasheet {DATASHEET_BF16 / 1e12:.0f}", flush=True)
+        else:
+            print(f"peak measurement failed: {p.stderr[-800:]}", flush=True)
+    results = []
+    for variant in a.variants.split(","):
+        mode, batch_file, remat = variant.split(":")
+        cmd = [sys.executable, os.path.abspath(__file__), "worker", "--mode", mode, "--remat", remat,
+               "--batch-file", batch_file, "--tokenizer", a.tokenizer, "--arch", a.arch, "--steps", str(a.steps)]
+        t0 = time.perf_counter()
+        try:  # the worker's progress (stderr) goes straight through
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{variant}: timed out after {a.timeout} s", flush=True)
+            continue
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if p.returncode or line is None:
+            print(f"{variant}: failed (rc {p.returncode}) after {time.perf_counter() - t0:.0f} s", flush=True)
+            continue
+        r = json.loads(line[len("RESULT "):])
+        t = sorted(r["times"])[len(r["times"]) // 2]
+        flops = model_flops(mcfg, r["real"], train=True)
+        tok = sum(r["real"])
+        row = dict(variant=variant, batch=r["batch"], chunk=r["chunk"], remat=r["remat"], step_s=t,
+                   times=r["times"], pairs_s=r["batch"] / t, real_tokens=tok,
+                   computed_tokens=r["rows"] * r["pack_len"], model_tflops=flops / t / 1e12,
+                   mfu_datasheet=flops / t / DATASHEET_BF16, mfu_measured=flops / t / peak if peak else None,
+                   compile_s=r["compile_s"], loss=r["losses"][-1], peak_gib=r.get("peak_bytes_in_use", 0) / 2**30,
+                   device=r["device"])
+        results.append(row)
+        meas = f", {100 * row['mfu_measured']:.1f}% of measured" if peak else ""
+        print(f"{mode:6s} batch {r['batch']:6d} chunk {r['chunk']:5d} remat {str(r['remat']):5s}  "
+              f"step {t:.3f} s (runs {', '.join(f'{x:.3f}' for x in r['times'])})  "
+              f"{row['pairs_s']:.0f} pairs/s  {tok / t / 1e6:.2f} M real tokens/s (packing x"
+              f"{row['computed_tokens'] / tok:.2f})  model {row['model_tflops']:.0f} TFLOP/s = "
+              f"MFU {100 * row['mfu_datasheet']:.1f}% of datasheet{meas}; compile {r['compile_s']:.0f} s; "
+              f"peak device memory {row['peak_gib']:.1f} GiB; loss {row['loss']:.3f}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(peak=peak, results=results), f, indent=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="tokenise and pack the real pairs (CPU)")
+    p.add_argument("--out", default=".gpu/b4096.npz")
+    p.add_argument("--tokenizer", default="", help="tokenizer folder (default: all-MiniLM-L6-v2's, "
+                                                    "the bert-base-uncased WordPiece vocabulary)")
+    p.add_argument("--tokenizer-out", default="", help="also copy the tokenizer files here (to carry)")
+    p.add_argument("--batch", type=int, default=0, help="pairs (default: the preset's 32,768)")
+    p.add_argument("--chunk", type=int, default=0, help="gradient-cache chunk = packing group (default: the preset's)")
+    p = sub.add_parser("peak")
+    p.add_argument("--n", type=int, default=8192)
+    for name in ("run", "worker"):
+        p = sub.add_parser(name)
+        p.add_argument("--tokenizer", default=".gpu/tokenizer")
+        p.add_argument("--arch", default=str(ARCH))
+        p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
+        if name == "run":
+            p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                           help="comma-separated MODE:BATCH_FILE:remat|noremat, MODE = cache (gradient "
+                                "caching, chunk = the file's packing group) or plain (the first group only)")
+            p.add_argument("--timeout", type=int, default=240, help="seconds per variant")
+            p.add_argument("--peak-n", type=int, default=8192)
+            p.add_argument("--no-peak", action="store_true")
+            p.add_argument("--json", default="")
+        else:
+            p.add_argument("--mode", choices=["cache", "plain"], required=True)
+            p.add_argument("--remat", choices=["remat", "noremat"], required=True)
+            p.add_argument("--batch-file", required=True)
+    a = ap.parse_args()
+    if a.cmd == "prepare":
+        if not a.tokenizer:
+            from common import model_dir
+
+            a.tokenizer = str(model_dir())
+        prepare(a)
+    elif a.cmd == "peak":
+        import jax
+
+        print(f"jax {jax.__version__}, devices {jax.devices()}", file=sys.stderr, flush=True)
+        print("RESULT " + json.dumps(dict(flops=measured_bf16_peak(a.n))), flush=True)
+    elif a.cmd == "worker":
+        print("RESULT " + json.dumps(worker(a)), flush=True)
+    else:
+        run(a)
+
+
+if __name__ == "__main__":
+    main()
