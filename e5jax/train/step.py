@@ -202,43 +202,51 @@ class _PackedChunks:
 
 
 def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
-    """(loss, metrics), grads — GradCache: two passes over chunks, one chunk of activations at a time."""
+    """(loss, metrics), grads — GradCache: two passes over chunks, one chunk of activations at a time.
+
+    The last chunk is embedded once, with its VJP kept (its activations are
+    the one chunk alive in pass 2 anyway): the extra forward covers n - 1 of
+    the n chunks, and with one chunk the step costs what the plain step does."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n = num_texts(batch, "query") // cfg.train.grad_cache_chunk
     names = _towers(batch)
     towers = [(_PackedChunks if is_packed(batch, t) else _PaddedChunks)(batch, t, n) for t in names]
 
-    def embed(prm, tower, chunk):
-        return tower.embed(nnx.merge(graphdef, prm, rest), chunk, step_key)
+    def embed(prm, chunks):  # one chunk of every tower
+        return tuple(tower.embed(nnx.merge(graphdef, prm, rest), c, step_key) for tower, c in zip(towers, chunks))
 
-    # Pass 1: embeddings of every chunk, no activations kept (scan body is not differentiated).
-    embs = []
-    for tower in towers:
-        def body(_, c, tower=tower):
-            return None, embed(params, tower, c)
+    head = tuple(jax.tree.map(lambda x: x[:-1], tower.inputs) for tower in towers)  # chunks 0 .. n-2
+    last = tuple(jax.tree.map(lambda x: x[-1], tower.inputs) for tower in towers)
 
-        _, e = jax.lax.scan(body, None, tower.inputs)
-        embs.append(tower.merge(e))
+    # Pass 1: embeddings of chunks 0 .. n-2, no activations kept (the scan body
+    # is not differentiated); the last chunk's with its VJP.
+    e_last, vjp_last = jax.vjp(lambda prm: embed(prm, last), params)
+    if n > 1:
+        _, e_head = jax.lax.scan(lambda _, cs: (None, embed(params, cs)), None, head)
+        e_all = [jnp.concatenate([h, l[None]]) for h, l in zip(e_head, e_last)]
+    else:
+        e_all = [l[None] for l in e_last]
+    embs = [tower.merge(e) for tower, e in zip(towers, e_all)]
 
     # The loss and its gradient w.r.t. the embeddings, over the global batch.
     def loss_on(q, p, neg=None):
         return batch_loss(q, p, _reshape_neg(neg, batch), batch, cfg, mesh)
 
     (loss, metrics), demb = jax.value_and_grad(loss_on, argnums=tuple(range(len(names))), has_aux=True)(*embs)
+    dsplit = [tower.split(d) for tower, d in zip(towers, demb)]  # [n, ...] per tower
 
-    # Pass 2: re-run each chunk (same dropout keys) and pull its cotangent back.
-    per_chunk = tuple((tower.inputs, tower.split(d)) for tower, d in zip(towers, demb))
+    # Pass 2: the last chunk's cotangent first (its activations are freed
+    # before the scan starts: the scan's carry depends on it), then re-run
+    # chunks 0 .. n-2 (same dropout seeds) and pull their cotangents back.
+    (grads,) = vjp_last(tuple(d[-1] for d in dsplit))
+    if n > 1:
+        def body2(acc, xs):
+            chunks, cots = xs
+            _, vjp = jax.vjp(lambda prm: embed(prm, chunks), params)
+            (g,) = vjp(cots)
+            return jax.tree.map(jnp.add, acc, g), None
 
-    def body2(acc, cs):
-        def f(prm):
-            return tuple(embed(prm, tower, inputs) for tower, (inputs, _) in zip(towers, cs))
-
-        _, vjp = jax.vjp(f, params)
-        (g,) = vjp(tuple(d for (_, d) in cs))
-        return jax.tree.map(jnp.add, acc, g), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(body2, zeros, per_chunk)
+        grads, _ = jax.lax.scan(body2, grads, (head, tuple(d[:-1] for d in dsplit)))
     return (loss, metrics), grads
 
 

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from e5jax.config import load_config, replace
@@ -34,8 +35,9 @@ def _cfg(tiny_overrides, **kw):
     return replace(cfg, **{"model.dropout": 0.1, **kw})
 
 
-def test_cached_grads_equal_plain_grads_with_dropout_and_hard_negatives(tiny_overrides):
-    cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": 4, "train.batch_size": 16})
+@pytest.mark.parametrize("chunk", [4, 16])  # 4 chunks; one chunk (only the kept-VJP chunk, no scan)
+def test_cached_grads_equal_plain_grads_with_dropout_and_hard_negatives(tiny_overrides, chunk):
+    cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16})
     mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
     graphdef, state = create_state(cfg, mesh)
     model, _ = nnx.merge(graphdef, state)
