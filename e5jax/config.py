@@ -112,6 +112,10 @@ class TrainConfig:
     batch_size: int = 32  # GLOBAL batch (pairs) across all devices and hosts
     steps: int = 1000  # total optimizer steps
     grad_cache_chunk: int = 0  # gradient caching: examples per chunk; 0 = plain step
+    # Gradient caching: keep the last chunk's activations from pass 1 to pass 2
+    # (n-1 extra chunk forwards instead of n; costs one chunk's activations
+    # held during the loss: turn off when the chunk size is set by memory).
+    grad_cache_keep_last: bool = True
     seed: int = 0  # parameter init + dropout RNG
     checkpoint_every: int = 500  # orbax save interval (also saved at the end)
     keep_checkpoints: int = 3  # how many checkpoints to keep

@@ -204,29 +204,35 @@ class _PackedChunks:
 def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
     """(loss, metrics), grads — GradCache: two passes over chunks, one chunk of activations at a time.
 
-    The last chunk is embedded once, with its VJP kept (its activations are
-    the one chunk alive in pass 2 anyway): the extra forward covers n - 1 of
-    the n chunks, and with one chunk the step costs what the plain step does."""
+    With `train.grad_cache_keep_last` the last chunk is embedded once, its VJP
+    (activations) kept from pass 1 to pass 2: the extra forward covers n - 1 of
+    the n chunks, and one chunk costs what the plain step does. The price is
+    that chunk's activations held while the loss is computed."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n = num_texts(batch, "query") // cfg.train.grad_cache_chunk
     names = _towers(batch)
     towers = [(_PackedChunks if is_packed(batch, t) else _PaddedChunks)(batch, t, n) for t in names]
+    keep = cfg.train.grad_cache_keep_last
+    n_head = n - 1 if keep else n  # chunks that are embedded twice
 
     def embed(prm, chunks):  # one chunk of every tower
         return tuple(tower.embed(nnx.merge(graphdef, prm, rest), c, step_key) for tower, c in zip(towers, chunks))
 
-    head = tuple(jax.tree.map(lambda x: x[:-1], tower.inputs) for tower in towers)  # chunks 0 .. n-2
-    last = tuple(jax.tree.map(lambda x: x[-1], tower.inputs) for tower in towers)
+    head = tuple(jax.tree.map(lambda x: x[:n_head], tower.inputs) for tower in towers)
 
-    # Pass 1: embeddings of chunks 0 .. n-2, no activations kept (the scan body
-    # is not differentiated); the last chunk's with its VJP.
-    e_last, vjp_last = jax.vjp(lambda prm: embed(prm, last), params)
-    if n > 1:
+    # Pass 1: embeddings of the head chunks with no activations kept (the scan
+    # body is not differentiated); the kept last chunk's with its VJP.
+    parts = [[] for _ in towers]
+    if n_head:
         _, e_head = jax.lax.scan(lambda _, cs: (None, embed(params, cs)), None, head)
-        e_all = [jnp.concatenate([h, l[None]]) for h, l in zip(e_head, e_last)]
-    else:
-        e_all = [l[None] for l in e_last]
-    embs = [tower.merge(e) for tower, e in zip(towers, e_all)]
+        for p, e in zip(parts, e_head):
+            p.append(e)
+    if keep:
+        last = tuple(jax.tree.map(lambda x: x[-1], tower.inputs) for tower in towers)
+        e_last, vjp_last = jax.vjp(lambda prm: embed(prm, last), params)
+        for p, e in zip(parts, e_last):
+            p.append(e[None])
+    embs = [tower.merge(jnp.concatenate(p) if len(p) > 1 else p[0]) for tower, p in zip(towers, parts)]
 
     # The loss and its gradient w.r.t. the embeddings, over the global batch.
     def loss_on(q, p, neg=None):
@@ -235,18 +241,21 @@ def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: 
     (loss, metrics), demb = jax.value_and_grad(loss_on, argnums=tuple(range(len(names))), has_aux=True)(*embs)
     dsplit = [tower.split(d) for tower, d in zip(towers, demb)]  # [n, ...] per tower
 
-    # Pass 2: the last chunk's cotangent first (its activations are freed
-    # before the scan starts: the scan's carry depends on it), then re-run
-    # chunks 0 .. n-2 (same dropout seeds) and pull their cotangents back.
-    (grads,) = vjp_last(tuple(d[-1] for d in dsplit))
-    if n > 1:
+    # Pass 2: the kept chunk's cotangent first (the scan's carry depends on
+    # it, so its activations are freed before the scan starts), then re-run
+    # the head chunks (same dropout seeds) and pull their cotangents back.
+    if keep:
+        (grads,) = vjp_last(tuple(d[-1] for d in dsplit))
+    else:
+        grads = jax.tree.map(jnp.zeros_like, params)
+    if n_head:
         def body2(acc, xs):
             chunks, cots = xs
             _, vjp = jax.vjp(lambda prm: embed(prm, chunks), params)
             (g,) = vjp(cots)
             return jax.tree.map(jnp.add, acc, g), None
 
-        grads, _ = jax.lax.scan(body2, grads, (head, tuple(d[:-1] for d in dsplit)))
+        grads, _ = jax.lax.scan(body2, grads, (head, tuple(d[:n_head] for d in dsplit)))
     return (loss, metrics), grads
 
 

@@ -35,9 +35,11 @@ def _cfg(tiny_overrides, **kw):
     return replace(cfg, **{"model.dropout": 0.1, **kw})
 
 
-@pytest.mark.parametrize("chunk", [4, 16])  # 4 chunks; one chunk (only the kept-VJP chunk, no scan)
-def test_cached_grads_equal_plain_grads_with_dropout_and_hard_negatives(tiny_overrides, chunk):
-    cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16})
+# 4 chunks, the last one's activations kept or not; one chunk (only the kept chunk, no scan)
+@pytest.mark.parametrize("chunk,keep", [(4, True), (4, False), (16, True)])
+def test_cached_grads_equal_plain_grads_with_dropout_and_hard_negatives(tiny_overrides, chunk, keep):
+    cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16,
+                                  "train.grad_cache_keep_last": keep})
     mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
     graphdef, state = create_state(cfg, mesh)
     model, _ = nnx.merge(graphdef, state)
