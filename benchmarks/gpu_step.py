@@ -28,6 +28,14 @@ running out of memory cannot hide the others (DEFAULT_VARIANTS):
 * ``plain:.gpu/b1024.npz:noremat`` — no gradient caching: the first 1,024-pair
                                      packing group of each tower.
 
+What the one lease so far showed (an H200, 2026-11-27, jax 0.11.2, flax 0.12.10):
+a bf16 8192³ matmul at 734 TFLOP/s, and no variant finished compiling plus one
+step within 110-150 s, for reasons not established (that run printed nothing
+before compilation ended; the per-stage lines now printed say where the time
+goes). With a 15-minute lease: run one variant first with `--timeout 420`, and
+consider `XLA_FLAGS=--xla_gpu_autotune_level=0` (no GEMM autotuning, faster
+compiles, possibly slower kernels) if compilation is what takes the time.
+
 MFU = model FLOPs / step time / peak. Model FLOPs = 6 · non-embedding params ·
 real tokens + 12 · layers · hidden · Σ(text length²) — the useful work of one
 forward and backward; gradient caching's extra forward, remat's recompute and
