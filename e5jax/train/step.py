@@ -241,9 +241,9 @@ def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: 
     (loss, metrics), demb = jax.value_and_grad(loss_on, argnums=tuple(range(len(names))), has_aux=True)(*embs)
     dsplit = [tower.split(d) for tower, d in zip(towers, demb)]  # [n, ...] per tower
 
-    # Pass 2: the kept chunk's cotangent first (the scan's carry depends on
-    # it, so its activations are freed before the scan starts), then re-run
-    # the head chunks (same dropout seeds) and pull their cotangents back.
+    # Pass 2: the kept chunk's cotangent first (the scan's carry starts from
+    # its gradient, so XLA can free its activations before the scan), then
+    # re-run the head chunks (same dropout seeds) and pull their cotangents back.
     if keep:
         (grads,) = vjp_last(tuple(d[-1] for d in dsplit))
     else:
