@@ -7,7 +7,8 @@ of (encoder, optimizer). Both variants compute the same gradient:
 * cached (GradCache, Gao et al. 2021): embed the batch chunk by chunk with no
   activations kept, take d(loss)/d(embeddings) on the global batch, then re-run
   each chunk and pull its embedding cotangent back into the parameters.
-  Memory is bounded by one chunk, so the global batch is bounded by time.
+  Memory is bounded by one chunk's activations (held through the loss when
+  `train.grad_cache_keep_last`), so the global batch is bounded by time.
 
 Dropout keys are derived per example from (seed, step, tower, global row), so
 both variants — and any chunk size — see identical dropout masks.
