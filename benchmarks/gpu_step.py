@@ -24,7 +24,8 @@ running out of memory cannot hide the others (DEFAULT_VARIANTS):
 
 * ``cache:.gpu/b4096.npz:remat``   — the preset as written;
 * ``cache:.gpu/b1024.npz:noremat`` — chunks of 1,024 without remat (a chunk
-                                     of 4,096 without remat needs ~160 GB);
+                                     of 4,096 without remat would need ~160 GB
+                                     by a rough count of activations: not run);
 * ``plain:.gpu/b1024.npz:noremat`` — no gradient caching: the first 1,024-pair
                                      packing group of each tower.
 
@@ -54,6 +55,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -205,11 +207,6 @@ def worker(a) -> dict:
 # ============================================================== run
 
 
-class _Cfg:
-    def __init__(self, d):
-        self.__dict__.update(d)
-
-
 def measured_bf16_peak(n: int = 8192, repeat: int = 10) -> float:
     import jax
     import jax.numpy as jnp
@@ -228,14 +225,24 @@ def measured_bf16_peak(n: int = 8192, repeat: int = 10) -> float:
 
 def run(a) -> None:
     arch = json.loads(open(a.arch).read())
-    mcfg = _Cfg(dict(hidden_size=arch["hidden_size"], intermediate_size=arch["intermediate_size"],
-                     num_hidden_layers=arch["num_hidden_layers"]))
+    mcfg = types.SimpleNamespace(**{k: arch[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")})
+    specs = []
+    for variant in a.variants.split(","):
+        parts = variant.split(":")
+        if len(parts) != 3 or parts[0] not in ("cache", "plain") or parts[2] not in ("remat", "noremat"):
+            raise SystemExit(f"bad variant {variant!r}: want MODE:BATCH_FILE:remat|noremat, MODE cache or plain")
+        if not os.path.exists(parts[1]):
+            raise SystemExit(f"{parts[1]} not found: make it with `benchmarks/gpu_step.py prepare` (module docstring)")
+        specs.append((variant, *parts))
     # The parent never initialises a JAX backend: on a GPU it would hold the
     # memory the workers need. The matmul peak is measured in a worker too.
     peak = None
     if not a.no_peak:
-        p = subprocess.run([sys.executable, os.path.abspath(__file__), "peak", "--n", str(a.peak_n)],
-                           capture_output=True, text=True, timeout=a.timeout)
+        try:
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), "peak", "--n", str(a.peak_n)],
+                               capture_output=True, text=True, timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            p = subprocess.CompletedProcess([], 1, "", f"timed out after {a.timeout} s")
         line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line:
             peak = json.loads(line[len("RESULT "):])["flops"]
@@ -244,8 +251,7 @@ def run(a) -> None:
         else:
             print(f"peak measurement failed: {p.stderr[-800:]}", flush=True)
     results = []
-    for variant in a.variants.split(","):
-        mode, batch_file, remat = variant.split(":")
+    for variant, mode, batch_file, remat in specs:
         cmd = [sys.executable, os.path.abspath(__file__), "worker", "--mode", mode, "--remat", remat,
                "--batch-file", batch_file, "--tokenizer", a.tokenizer, "--arch", a.arch, "--steps", str(a.steps)]
         t0 = time.perf_counter()

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/retrieval.py            # 10k queries x 100k passages, dim 384
     .venv/bin/python benchmarks/retrieval.py --blocks 256,1024,4096   # tune the query block
+    .venv/bin/python benchmarks/retrieval.py --breakdown  # where one query block's time goes
+    XLA_FLAGS=... .venv/bin/python benchmarks/retrieval.py --breakdown  # the same under XLA flags
 
 Both engines get the same random unit vectors (float32) on the same machine in
 one run. Prints queries/s for each, the ratio, how many result rows agree
@@ -38,6 +40,9 @@ def main() -> int:
     ap.add_argument("--blocks", default="512,1024,2048", help="comma-separated query block sizes to try")
     ap.add_argument("--repeat", type=int, default=5, help="alternating timed runs of each engine")
     ap.add_argument("--devices", type=int, default=0, help="emulate this many CPU devices (0: the real ones)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only time one device's pieces for one query block (first of --blocks) and exit")
+    ap.add_argument("--tile", type=int, default=1024, help="bank rows scored at once (--breakdown)")
     args = ap.parse_args()
     if args.devices:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
@@ -69,6 +74,9 @@ def main() -> int:
         t0 = time.perf_counter()
         out = search(q, bank, args.k, query_block=block, progress=False)
         return time.perf_counter() - t0, out
+
+    if args.breakdown:
+        return breakdown(q, bank_np, args)
 
     bank = PassageBank.build(bank_np)
     best = None
@@ -110,6 +118,42 @@ def main() -> int:
     ok = same_rows > 0.999
     print("ids agree" if ok else "ids DISAGREE beyond ties")
     return 0 if ok else 1
+
+
+def breakdown(q: np.ndarray, bank_np: np.ndarray, args) -> int:
+    """One query block against the whole bank on one device, piece by piece:
+    the tiled scan with group maxima, + the top-k over group maxima, + the
+    candidates' gather and re-scoring (= the core's `_local_topk`)."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+
+    from e5jax import retrieval as R
+
+    block, tile, group, k = int(args.blocks.split(",")[0]), args.tile, 8, args.k
+    rows = bank_np.shape[0] // tile * tile  # whole tiles: no padding mask
+    qb, shard = jnp.asarray(q[:block]), jnp.asarray(bank_np[:rows])
+    kw = dict(tile=tile, group=group, masked=False, precision=R.HIGHEST)
+    pieces = {
+        "scan + group maxima": jax.jit(lambda a, b: R._group_maxima(a, b, 0, rows, **kw)),
+        "+ top-k of group maxima": jax.jit(lambda a, b: jax.lax.top_k(R._group_maxima(a, b, 0, rows, **kw), k)),
+        "+ gather, re-score (all)": jax.jit(lambda a, b: R._local_topk(a, b, 0, rows, k_local=k, **kw)),
+    }
+    flops = 2.0 * block * rows * q.shape[1]
+    print(f"breakdown: {block} queries x {rows} passages (tile {tile}, group {group}, top-{k}), one device, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; median of 5")
+    for name, fn in pieces.items():
+        jax.block_until_ready(fn(qb, shard))
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(qb, shard))
+            ts.append(time.perf_counter() - t0)
+        t = statistics.median(ts)
+        print(f"  {name:26s} {t * 1e3:7.1f} ms  ({flops / t / 1e9:.0f} GFLOP/s of scan work, "
+              f"{block / t * rows / args.passages:.0f} queries/s at {args.passages} passages)")
+    return 0
 
 
 if __name__ == "__main__":

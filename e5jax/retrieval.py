@@ -151,13 +151,10 @@ def _use_groups(shard_rows: int, k_local: int, group: int) -> bool:
     return group > 1 and 4 * k_local * group <= shard_rows
 
 
-def _local_topk(q, shard, first, n_end, *, k_local, tile, group, masked, precision):
-    """This device's exact top-k_local of its shard (ids local to the shard)."""
+def _group_maxima(q, shard, first, n_end, *, tile, group, masked, precision):
+    """[Q, S / group]: each query's best score in every group of `group` passages,
+    scored tile by tile (the [Q, tile] block never leaves the cache)."""
     dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=jnp.float32)
-    S, d = shard.shape
-    if not _use_groups(S, k_local, group):
-        s = dot(q, shard.T)
-        return jax.lax.top_k(_mask_pad(s, first, n_end) if masked else s, k_local)
 
     def tile_group_max(_, xs):
         rows, t0 = xs
@@ -167,7 +164,18 @@ def _local_topk(q, shard, first, n_end, *, k_local, tile, group, masked, precisi
         return None, s.reshape(q.shape[0], tile // group, group).max(-1)
 
     _, gmax = jax.lax.scan(tile_group_max, None, _tiles(shard, tile))  # [tiles, Q, tile/group]
-    gmax = jnp.swapaxes(gmax, 0, 1).reshape(q.shape[0], S // group)
+    return jnp.swapaxes(gmax, 0, 1).reshape(q.shape[0], shard.shape[0] // group)
+
+
+def _local_topk(q, shard, first, n_end, *, k_local, tile, group, masked, precision):
+    """This device's exact top-k_local of its shard (ids local to the shard)."""
+    dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=jnp.float32)
+    S, d = shard.shape
+    if not _use_groups(S, k_local, group):
+        s = dot(q, shard.T)
+        return jax.lax.top_k(_mask_pad(s, first, n_end) if masked else s, k_local)
+
+    gmax = _group_maxima(q, shard, first, n_end, tile=tile, group=group, masked=masked, precision=precision)
     k_groups = min(k_local, S // group)
     _, best = jax.lax.top_k(gmax, k_groups)
     best = jnp.sort(best, axis=1)  # candidates in increasing id order: ties keep going to the smaller id

@@ -54,13 +54,17 @@ def _host_batch_size(cfg: Config) -> int:
     return cfg.train.batch_size // n
 
 
+def _local_batch_shards(mesh) -> int:
+    """How many shards of the batch axes this process's devices hold."""
+    return max(1, mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count())
+
+
 def pack_groups(cfg: Config, mesh, *, train: bool) -> int:
     """Packing groups per host batch: one per (local batch shard, gradient-cache chunk).
 
     A device's rows then hold only its own texts, and a chunk's only its own."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
     chunks = cfg.train.batch_size // cfg.train.grad_cache_chunk if train and cfg.train.grad_cache_chunk else 1
-    return max(1, shards // jax.process_count()) * chunks
+    return _local_batch_shards(mesh) * chunks
 
 
 def _iterators(cfg: Config, tokenizer, split: str, *, train: bool, mesh):
@@ -72,8 +76,7 @@ def _iterators(cfg: Config, tokenizer, split: str, *, train: bool, mesh):
               process_index=jax.process_index(), process_count=jax.process_count(),
               pack_groups=pack_groups(cfg, mesh, train=train))
     if train:
-        local_shards = max(1, mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count())
-        return make_train_iterator(source, seed=cfg.data.shuffle_seed, pack_blocks=local_shards, **kw)
+        return make_train_iterator(source, seed=cfg.data.shuffle_seed, pack_blocks=_local_batch_shards(mesh), **kw)
     return make_eval_iterator(source, **kw)
 
 
