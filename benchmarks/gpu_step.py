@@ -157,7 +157,7 @@ def worker(a) -> dict:
         chunk = arrs["query_lengths"].shape[0] // groups
     batch = arrs["query_lengths"].shape[0]
     cfg = preset_config(a.tokenizer, batch=batch, chunk=chunk, remat=a.remat == "remat", arch=a.arch)
-    tag = f"  [{a.mode} {batch} chunk {chunk} {a.remat}]"
+    tag = f"  [#{a.index} {a.mode} {batch} chunk {chunk} {a.remat}{' ' + os.environ['XLA_FLAGS'] if os.environ.get('XLA_FLAGS') else ''}]"
     t_start = time.perf_counter()
 
     def stage(what: str) -> None:  # where the time goes, even if the parent's timeout kills us
@@ -177,7 +177,22 @@ def worker(a) -> dict:
         stage("lowered")
         fn = lowered.compile()
     compile_s = time.perf_counter() - t0
-    stage(f"compiled (lower + compile {compile_s:.1f} s)")
+    temp = None
+    try:
+        temp = fn.memory_analysis().temp_size_in_bytes
+    except Exception:  # not every backend reports it
+        pass
+    stage(f"compiled (lower + compile {compile_s:.1f} s; temp buffers "
+          f"{'?' if temp is None else f'{temp / 2**30:.1f} GiB'})")
+    if a.sync_dir:  # compiled: wait for the parent's go, then time the steps alone on the device
+        import fcntl
+
+        open(os.path.join(a.sync_dir, f"compiled.{a.index}"), "w").close()
+        while not os.path.exists(os.path.join(a.sync_dir, "go")):
+            time.sleep(0.2)
+        lock = open(os.path.join(a.sync_dir, "lock"), "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until this process exits
+        stage("has the device to itself")
     times, losses = [], []
     for i in range(1 + a.steps):  # one warm-up step, then timed ones
         t0 = time.perf_counter()
@@ -199,7 +214,7 @@ def worker(a) -> dict:
     rows = sum(int(np.prod(arrs[f"{t}_input_ids"].shape[:2])) for t in ("query", "passage"))
     pack_len = arrs["passage_input_ids"].shape[-1]
     return dict(batch=batch, chunk=cfg.train.grad_cache_chunk, remat=cfg.model.remat,
-                dtype=cfg.model.dtype, times=times, losses=losses, compile_s=compile_s, real=real,
+                dtype=cfg.model.dtype, times=times, losses=losses, compile_s=compile_s, temp_bytes=temp, real=real,
                 rows=rows, pack_len=int(pack_len), device=str(jax.devices()[0].device_kind),
                 jax=jax.__version__, **mem)
 
@@ -223,17 +238,81 @@ def measured_bf16_peak(n: int = 8192, repeat: int = 10) -> float:
     return 2.0 * n**3 * repeat / (time.perf_counter() - t0)
 
 
+XLA_FLAG_SETS = {  # optional 4th field of a variant
+    "at0": "--xla_gpu_autotune_level=0",  # no GEMM autotuning: faster compiles, maybe slower kernels
+}
+
+
+def _parse_variants(text: str) -> list[tuple]:
+    specs = []
+    for variant in text.split(","):
+        parts = variant.split(":")
+        if (len(parts) not in (3, 4) or parts[0] not in ("cache", "plain") or parts[2] not in ("remat", "noremat")
+                or (len(parts) == 4 and parts[3] not in XLA_FLAG_SETS)):
+            raise SystemExit(f"bad variant {variant!r}: want MODE:BATCH_FILE:remat|noremat[:FLAGS], MODE cache "
+                             f"or plain, FLAGS one of {sorted(XLA_FLAG_SETS)}")
+        if not os.path.exists(parts[1]):
+            raise SystemExit(f"{parts[1]} not found: make it with `benchmarks/gpu_step.py prepare` (module docstring)")
+        specs.append((variant, parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else ""))
+    return specs
+
+
+def _launch_group(a, group: list[tuple], first_index: int) -> dict[str, str]:
+    """Start the group's workers together; they compile side by side, then time
+    their steps one at a time (a file lock) once every one has compiled or the
+    compile deadline has passed (stragglers are killed then, so nothing compiles
+    or autotunes on the device while another worker is timed).
+    Returns {variant: RESULT json or an error line}."""
+    import signal
+    import tempfile
+
+    sync = tempfile.mkdtemp(prefix="gpu_step_")
+    procs = []
+    for i, (variant, mode, batch_file, remat, flags) in enumerate(group, first_index):
+        env = dict(os.environ)
+        if len(group) > 1:  # several processes share the device: allocate on demand
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        if flags:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + XLA_FLAG_SETS[flags]).strip()
+        cmd = [sys.executable, os.path.abspath(__file__), "worker", "--mode", mode, "--remat", remat,
+               "--batch-file", batch_file, "--tokenizer", a.tokenizer, "--arch", a.arch, "--steps", str(a.steps),
+               "--sync-dir", sync, "--index", str(i)]
+        # stdout (the RESULT line, small) is read at the end; progress (stderr) goes straight through
+        procs.append((variant, i, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)))
+    t0 = time.perf_counter()
+    out: dict[str, str] = {}
+    while True:
+        waiting = [(v, i, p) for v, i, p in procs
+                   if p.poll() is None and not os.path.exists(os.path.join(sync, f"compiled.{i}"))]
+        if not waiting:
+            break
+        if time.perf_counter() - t0 > a.compile_deadline:
+            for v, _, p in waiting:
+                p.send_signal(signal.SIGKILL)
+                out[v] = f"not compiled within {a.compile_deadline} s (killed)"
+            break
+        time.sleep(1.0)
+    open(os.path.join(sync, "go"), "w").close()
+    for v, _, p in procs:
+        try:
+            stdout, _ = p.communicate(timeout=max(1.0, a.timeout - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, _ = p.communicate()
+            out.setdefault(v, f"timed out after {a.timeout} s")
+        line = next((x for x in (stdout or "").splitlines() if x.startswith("RESULT ")), None)
+        if line:
+            out[v] = line[len("RESULT "):]
+        else:
+            out.setdefault(v, f"failed (rc {p.returncode}) after {time.perf_counter() - t0:.0f} s")
+    shutil.rmtree(sync, ignore_errors=True)
+    return out
+
+
 def run(a) -> None:
     arch = json.loads(open(a.arch).read())
     mcfg = types.SimpleNamespace(**{k: arch[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")})
-    specs = []
-    for variant in a.variants.split(","):
-        parts = variant.split(":")
-        if len(parts) != 3 or parts[0] not in ("cache", "plain") or parts[2] not in ("remat", "noremat"):
-            raise SystemExit(f"bad variant {variant!r}: want MODE:BATCH_FILE:remat|noremat, MODE cache or plain")
-        if not os.path.exists(parts[1]):
-            raise SystemExit(f"{parts[1]} not found: make it with `benchmarks/gpu_step.py prepare` (module docstring)")
-        specs.append((variant, *parts))
+    specs = _parse_variants(a.variants)
     # The parent never initialises a JAX backend: on a GPU it would hold the
     # memory the workers need. The matmul peak is measured in a worker too.
     peak = None
@@ -250,41 +329,37 @@ def run(a) -> None:
                   f"datasheet {DATASHEET_BF16 / 1e12:.0f}", flush=True)
         else:
             print(f"peak measurement failed: {p.stderr[-800:]}", flush=True)
-    results = []
-    for variant, mode, batch_file, remat in specs:
-        cmd = [sys.executable, os.path.abspath(__file__), "worker", "--mode", mode, "--remat", remat,
-               "--batch-file", batch_file, "--tokenizer", a.tokenizer, "--arch", a.arch, "--steps", str(a.steps)]
-        t0 = time.perf_counter()
-        try:  # the worker's progress (stderr) goes straight through
-            p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=a.timeout)
-        except subprocess.TimeoutExpired:
-            print(f"{variant}: timed out after {a.timeout} s", flush=True)
-            continue
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if p.returncode or line is None:
-            print(f"{variant}: failed (rc {p.returncode}) after {time.perf_counter() - t0:.0f} s", flush=True)
-            continue
-        r = json.loads(line[len("RESULT "):])
-        t = sorted(r["times"])[len(r["times"]) // 2]
-        flops = model_flops(mcfg, r["real"], train=True)
-        tok = sum(r["real"])
-        row = dict(variant=variant, batch=r["batch"], chunk=r["chunk"], remat=r["remat"], step_s=t,
-                   times=r["times"], pairs_s=r["batch"] / t, real_tokens=tok,
-                   computed_tokens=r["rows"] * r["pack_len"], model_tflops=flops / t / 1e12,
-                   mfu_datasheet=flops / t / DATASHEET_BF16, mfu_measured=flops / t / peak if peak else None,
-                   compile_s=r["compile_s"], loss=r["losses"][-1], peak_gib=r.get("peak_bytes_in_use", 0) / 2**30,
-                   device=r["device"])
-        results.append(row)
-        meas = f", {100 * row['mfu_measured']:.1f}% of measured" if peak else ""
-        print(f"{mode:6s} batch {r['batch']:6d} chunk {r['chunk']:5d} remat {str(r['remat']):5s}  "
-              f"step {t:.3f} s (runs {', '.join(f'{x:.3f}' for x in r['times'])})  "
-              f"{row['pairs_s']:.0f} pairs/s  {tok / t / 1e6:.2f} M real tokens/s (packing x"
-              f"{row['computed_tokens'] / tok:.2f})  model {row['model_tflops']:.0f} TFLOP/s = "
-              f"MFU {100 * row['mfu_datasheet']:.1f}% of datasheet{meas}; compile {r['compile_s']:.0f} s; "
-              f"peak device memory {row['peak_gib']:.1f} GiB; loss {row['loss']:.3f}", flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(dict(peak=peak, results=results), f, indent=1)
+    groups = [specs] if a.parallel else [[s] for s in specs]
+    results, failures = [], {}
+    for gi, group in enumerate(groups):
+        outcome = _launch_group(a, group, first_index=gi)
+        for variant, mode, *_ in group:
+            text = outcome[variant]
+            if not text.startswith("{"):
+                print(f"{variant}: {text}", flush=True)
+                failures[variant] = text
+                continue
+            r = json.loads(text)
+            t = sorted(r["times"])[len(r["times"]) // 2]
+            flops = model_flops(mcfg, r["real"], train=True)
+            tok = sum(r["real"])
+            row = dict(variant=variant, batch=r["batch"], chunk=r["chunk"], remat=r["remat"], step_s=t,
+                       times=r["times"], pairs_s=r["batch"] / t, real_tokens=tok,
+                       computed_tokens=r["rows"] * r["pack_len"], model_tflops=flops / t / 1e12,
+                       mfu_datasheet=flops / t / DATASHEET_BF16, mfu_measured=flops / t / peak if peak else None,
+                       compile_s=r["compile_s"], temp_gib=(r.get("temp_bytes") or 0) / 2**30, loss=r["losses"][-1],
+                       peak_gib=r.get("peak_bytes_in_use", 0) / 2**30, device=r["device"], jax=r["jax"])
+            results.append(row)
+            meas = f", {100 * row['mfu_measured']:.1f}% of measured" if peak else ""
+            print(f"{variant}: batch {r['batch']} chunk {r['chunk']} remat {r['remat']}  "
+                  f"step {t:.3f} s (runs {', '.join(f'{x:.3f}' for x in r['times'])})  "
+                  f"{row['pairs_s']:.0f} pairs/s  {tok / t / 1e6:.2f} M real tokens/s (packing x"
+                  f"{row['computed_tokens'] / tok:.2f})  model {row['model_tflops']:.0f} TFLOP/s = "
+                  f"MFU {100 * row['mfu_datasheet']:.1f}% of datasheet{meas}; compile {r['compile_s']:.0f} s; "
+                  f"peak device memory {row['peak_gib']:.1f} GiB; loss {row['loss']:.3f}", flush=True)
+        if a.json:  # after every group, so a run cut short keeps what it measured
+            with open(a.json, "w") as f:
+                json.dump(dict(peak=peak, results=results, failures=failures), f, indent=1)
 
 
 def main() -> None:
@@ -308,7 +383,12 @@ def main() -> None:
             p.add_argument("--variants", default=DEFAULT_VARIANTS,
                            help="comma-separated MODE:BATCH_FILE:remat|noremat, MODE = cache (gradient "
                                 "caching, chunk = the file's packing group) or plain (the first group only)")
-            p.add_argument("--timeout", type=int, default=240, help="seconds per variant")
+            p.add_argument("--timeout", type=int, default=480,
+                           help="seconds per variant (per group with --parallel), start to finish")
+            p.add_argument("--compile-deadline", type=int, default=300,
+                           help="seconds from launch by which a worker must have compiled; later ones are killed")
+            p.add_argument("--parallel", action="store_true",
+                           help="compile all variants at once (separate processes), then time them one at a time")
             p.add_argument("--peak-n", type=int, default=8192)
             p.add_argument("--no-peak", action="store_true")
             p.add_argument("--json", default="")
@@ -316,6 +396,8 @@ def main() -> None:
             p.add_argument("--mode", choices=["cache", "plain"], required=True)
             p.add_argument("--remat", choices=["remat", "noremat"], required=True)
             p.add_argument("--batch-file", required=True)
+            p.add_argument("--sync-dir", default="", help="(from run) where to say 'compiled' and wait for 'go'")
+            p.add_argument("--index", type=int, default=0)
     a = ap.parse_args()
     if a.cmd == "prepare":
         if not a.tokenizer:
