@@ -7,8 +7,8 @@ Two phases, because a GPU lease is short and packing 65,536 texts is host work:
     .venv/bin/python benchmarks/gpu_step.py prepare --out .gpu/b4096.npz --tokenizer-out .gpu/tokenizer
     .venv/bin/python benchmarks/gpu_step.py prepare --out .gpu/b1024.npz --chunk 1024
 
-    # on the GPU machine (carry .gpu): time the preset's step and two variants
-    python3 benchmarks/gpu_step.py run --json $OUT/gpu_step.json
+    # on the GPU machine (carry .gpu): time the preset's step and the plain one
+    python3 benchmarks/gpu_step.py run --parallel --json $OUT/gpu_step.json
 
 `run` builds `configs/e5_base_pretrain.py` as written (BERT-base, bf16, packed
 rows, 32,768 pairs, gradient caching in chunks of 4,096, per-layer remat,
@@ -19,23 +19,39 @@ and the lease machine cannot download bert-base-uncased). The step is the
 library's: `create_state` + `make_train_step` jitted by `loop.jit_steps`,
 compiled ahead of time, one warm-up step, then the median of timed steps.
 
-Variants, `MODE:BATCH_FILE:remat|noremat`, each in its own process so that one
-running out of memory cannot hide the others (DEFAULT_VARIANTS):
+Variants, `MODE:BATCH_FILE:remat|noremat[:at0]`, each in its own process so
+that one running out of memory cannot hide the others (DEFAULT_VARIANTS):
 
 * ``cache:.gpu/b4096.npz:remat``   — the preset as written;
-* ``cache:.gpu/b1024.npz:noremat`` — chunks of 1,024 without remat (a chunk
-                                     of 4,096 without remat would need ~160 GB
-                                     by a rough count of activations: not run);
 * ``plain:.gpu/b1024.npz:noremat`` — no gradient caching: the first 1,024-pair
-                                     packing group of each tower.
+                                     packing group of each tower;
+* a 4th field ``at0`` adds `--xla_gpu_autotune_level=0` (no GEMM autotuning).
 
-What the one lease so far showed (an H200, 2026-11-27, jax 0.11.2, flax 0.12.10):
-a bf16 8192³ matmul at 734 TFLOP/s, and no variant finished compiling plus one
-step within 110-150 s, for reasons not established (that run printed nothing
-before compilation ended; the per-stage lines now printed say where the time
-goes). With a 15-minute lease: run one variant first with `--timeout 420`, and
-consider `XLA_FLAGS=--xla_gpu_autotune_level=0` (no GEMM autotuning, faster
-compiles, possibly slower kernels) if compilation is what takes the time.
+`--parallel` compiles all variants at once (compilation is host work), then
+times them one at a time under a file lock, after every worker has compiled or
+`--compile-deadline` has passed (stragglers are killed then, so nothing
+compiles or autotunes on the device while another variant is timed).
+
+The lease of 2026-11-27 (one NVIDIA H200, jax 0.11.2, flax 0.12.10), two calls:
+
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 benchmarks/gpu_step.py run --parallel --no-peak \
+        --steps 2 --compile-deadline 330 --timeout 455 --json $OUT/gpu_step.json \
+        --variants cache:.gpu/b4096.npz:remat,cache:.gpu/b4096.npz:remat:at0,cache:.gpu/b1024.npz:remat:at0
+
+* the preset: 8.65 s per step (two timed steps, 8.648 and 8.653 s), 3,787
+  pairs/s, model 173 TFLOP/s = MFU 17.5% of the datasheet; compiled in 116 s
+  (three compiles side by side), 23.4 GiB of temporary buffers, 24.8 GiB peak;
+* the plain step on 1,024 pairs (first call, ``--steps 3``): 0.172 s, 5,959
+  pairs/s, 273 TFLOP/s = MFU 27.6%; 57 s compile, 46.8 GiB peak;
+* chunks of 1,024 with remat and ``at0``: 82.4 s per step (MFU 1.8%), cause not
+  established (``at0`` or the chunk size: the run ended before ``at0`` at chunk
+  4,096 was timed);
+* the first call initialised the state on the GPU: that jitted random init
+  took 3 min 9 s to 3 min 23 s to compile (four processes side by side), which
+  is why `encoder.build_sharded` now draws random weights on the host.
+
+An earlier lease measured a bf16 8192³ matmul at 734 TFLOP/s on the same kind
+of card (``peak``).
 
 MFU = model FLOPs / step time / peak. Model FLOPs = 6 · non-embedding params ·
 real tokens + 12 · layers · hidden · Σ(text length²) — the useful work of one
@@ -62,9 +78,8 @@ sys.path.insert(0, HERE)
 
 from common import ROOT, model_flops, pairs  # noqa: E402
 
-# The preset as written (chunk 4,096, remat), then without remat at chunk 1,024
-# (fits a 141 GB H200), then the plain step on one 1,024-pair group.
-DEFAULT_VARIANTS = "cache:.gpu/b4096.npz:remat,cache:.gpu/b1024.npz:noremat,plain:.gpu/b1024.npz:noremat"
+# The preset as written (chunk 4,096, remat), then the plain step on one 1,024-pair group.
+DEFAULT_VARIANTS = "cache:.gpu/b4096.npz:remat,plain:.gpu/b1024.npz:noremat"
 DATASHEET_BF16 = 989.4e12  # H100 / H200 SXM dense bf16, FLOP/s
 ARCH = ROOT / "configs" / "bert_base_uncased.json"
 PRESET = ROOT / "configs" / "e5_base_pretrain.py"
@@ -165,7 +180,7 @@ def worker(a) -> dict:
 
     mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
     stage(f"backend up ({jax.devices()[0].device_kind}, jax {jax.__version__})")
-    graphdef, state = create_state(cfg, mesh)
+    graphdef, state = create_state(cfg, mesh)  # random init runs on the host (encoder.build_sharded)
     jax.block_until_ready(state)
     stage("state initialised")
     shardings = jax.tree.map(lambda x: x.sharding, state)

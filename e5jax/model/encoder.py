@@ -84,14 +84,19 @@ def build_sharded(make, mesh: Mesh, rules=DEFAULT_RULES, *, params: dict[str, np
                   key_of=lambda path: path):
     """The nnx module `make()` builds, with parameters born sharded on `mesh`.
 
-    Random init runs under `jit(out_shardings=...)` so no device ever holds the
-    whole model; given `params` (host numpy, e.g. from a HF checkpoint, keyed by
-    `key_of(state path)`) each array is placed straight into its sharding.
+    No accelerator ever holds the whole model. Given `params` (host numpy, e.g.
+    from a HF checkpoint, keyed by `key_of(state path)`) each array is placed
+    straight into its sharding. Random init is compiled for and run on the host
+    (every process draws the same values from the same seed), then placed the
+    same way: compiled for an H200, the ~200 threefry draws of BERT-base took
+    over 3 minutes to compile (`benchmarks/gpu_step.py`, README), on the host ~5 s.
     """
     graphdef, abs_state = nnx.split(nnx.eval_shape(make))
     shardings = ax.state_shardings(abs_state, mesh, rules)
     if params is None:
-        state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            host = jax.device_get(jax.jit(lambda: nnx.state(make()))())
+        state = jax.device_put(host, shardings)
     else:
         flat_sh = hf.flatten_state(shardings)
         values = {}
