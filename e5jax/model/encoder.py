@@ -94,7 +94,11 @@ def build_sharded(make, mesh: Mesh, rules=DEFAULT_RULES, *, params: dict[str, np
     graphdef, abs_state = nnx.split(nnx.eval_shape(make))
     shardings = ax.state_shardings(abs_state, mesh, rules)
     if params is None:
-        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        try:
+            host_device = jax.local_devices(backend="cpu")[0]
+        except RuntimeError:  # JAX_PLATFORMS without cpu: draw on the mesh, born sharded
+            return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()), out_shardings=shardings)())
+        with jax.default_device(host_device):
             host = jax.device_get(jax.jit(lambda: nnx.state(make()))())
         state = jax.device_put(host, shardings)
     else:

@@ -82,3 +82,27 @@ def test_remat_and_dropout_are_deterministic_per_key():
     g2 = nnx.grad(lambda m: m(ids, mask, dropout_key=key).sum())(remat)
     for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_random_init_on_the_host_equals_init_on_the_mesh(monkeypatch):
+    """Random weights are drawn on the host, then placed; where no host backend
+    exists (JAX_PLATFORMS without cpu) they are drawn on the mesh: same values."""
+    mesh = ax.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    host = flatten_state(nnx.state(create_sharded(CFG, mesh, seed=3), nnx.Param))
+    real = jax.local_devices
+
+    def no_host_backend(*args, backend=None, **kwargs):
+        if backend == "cpu":
+            raise RuntimeError("Unknown backend cpu")
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(jax, "local_devices", no_host_backend)
+    on_mesh = flatten_state(nnx.state(create_sharded(CFG, mesh, seed=3), nnx.Param))
+    assert host.keys() == on_mesh.keys()
+    for path in host:
+        a, b = host[path][...], on_mesh[path][...]
+        assert a.sharding == b.sharding, path
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
+    # and the seed matters (the comparison is not between two constant tables)
+    other = flatten_state(nnx.state(create_sharded(CFG, mesh, seed=4), nnx.Param))
+    assert not np.allclose(np.asarray(other["bert/embeddings/word"][...]), np.asarray(host["bert/embeddings/word"][...]))
