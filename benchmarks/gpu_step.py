@@ -53,6 +53,15 @@ The lease of 2026-11-27 (one NVIDIA H200, jax 0.11.2, flax 0.12.10), two calls:
 An earlier lease measured a bf16 8192³ matmul at 734 TFLOP/s on the same kind
 of card (``peak``).
 
+`worker --compile-only` compiles one variant for the local backend and prints
+the size of its temporary buffers. On this CPU (XLA:CPU, jax 0.10.2) the plain
+1,024-pair step of BERT-base needs 91.0 GiB without remat and still 85.1 GiB
+with it: XLA:CPU schedules the recomputed layer forwards early, so per-layer
+remat saves little memory there. The H200 compile of the preset needed 23.4 GiB.
+
+    .venv/bin/python benchmarks/gpu_step.py worker --compile-only --mode plain --remat remat \
+        --batch-file .gpu/b1024.npz
+
 MFU = model FLOPs / step time / peak. Model FLOPs = 6 · non-embedding params ·
 real tokens + 12 · layers · hidden · Σ(text length²) — the useful work of one
 forward and backward; gradient caching's extra forward, remat's recompute and
@@ -199,6 +208,8 @@ def worker(a) -> dict:
         pass
     stage(f"compiled (lower + compile {compile_s:.1f} s; temp buffers "
           f"{'?' if temp is None else f'{temp / 2**30:.1f} GiB'})")
+    if a.compile_only:
+        return dict(batch=batch, chunk=chunk, remat=cfg.model.remat, compile_s=compile_s, temp_bytes=temp)
     if a.sync_dir:  # compiled: wait for the parent's go, then time the steps alone on the device
         import fcntl
 
@@ -413,6 +424,9 @@ def main() -> None:
             p.add_argument("--batch-file", required=True)
             p.add_argument("--sync-dir", default="", help="(from run) where to say 'compiled' and wait for 'go'")
             p.add_argument("--index", type=int, default=0)
+            p.add_argument("--compile-only", action="store_true",
+                           help="stop after compiling and print the step's temporary buffers (any backend: "
+                                "check a variant's memory before a lease)")
     a = ap.parse_args()
     if a.cmd == "prepare":
         if not a.tokenizer:
