@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                         help="pipeline option passed to Beam, e.g. --beam-arg=--runner=DataflowRunner")
     parser.add_argument("--tmp-dir", default=None, help="where the on-disk join of keyed sources lives")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes that parse Wikipedia pages (default: $E5JAX_HARVEST_WORKERS, else one "
+                             "per CPU; 1 parses in the reading process); the other sources read in one process")
     defaults = CleanConfig()
     for f in dataclasses.fields(CleanConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -37,6 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        import os
+
+        from e5jax.data.harvest.wikipedia import WORKERS_ENV
+        from e5jax.errors import E5Error
+
+        if args.workers < 1:
+            raise E5Error(f"--workers {args.workers}: want 1 or more processes")
+        os.environ[WORKERS_ENV] = str(args.workers)  # the harvest's worker processes inherit it
     cfg = CleanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CleanConfig)})
     if args.beam:
         from e5jax.data.harvest.beam import run_pipeline

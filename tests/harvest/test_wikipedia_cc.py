@@ -3,7 +3,11 @@ Common Crawl on a WARC built from real HTML pages (Debian python3.11-doc)."""
 
 from __future__ import annotations
 
+import os
+
+from e5jax.cli import main
 from e5jax.data.harvest import harvest
+from e5jax.data.harvest.wikipedia import WORKERS_ENV
 from tests.harvest import formats
 from tests.harvest.helpers import dropped, read_pairs
 
@@ -23,6 +27,26 @@ def test_wikipedia_real_dump(enwiki_dump, tmp_path):
             assert markup not in p["passage"], (markup, p["passage"][:200])
     d = dropped(out, "wikipedia")
     assert d["redirect"] > 10 and d["boilerplate_section"] > 10
+
+
+def test_cli_workers_flag(enwiki_dump, tmp_path, monkeypatch, capsys):
+    """--workers sets how many processes parse pages; the pairs do not depend on it.
+    A bad count, by flag or environment, is a one-line error."""
+    monkeypatch.setenv(WORKERS_ENV, "1")  # restored after the test (the CLI sets it for its children)
+    args = ["harvest", "wikipedia", "--input", enwiki_dump, "--limit", "150"]
+    for n in (1, 2):
+        assert main([*args, "--output", str(tmp_path / f"w{n}"), "--workers", str(n)]) == 0
+        assert os.environ[WORKERS_ENV] == str(n)
+    one, two = read_pairs(tmp_path / "w1"), read_pairs(tmp_path / "w2")
+    assert len(one) == 150 and one == two
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp_path / "bad"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers 0" in err[0]
+    monkeypatch.setenv(WORKERS_ENV, "two")
+    assert main([*args, "--output", str(tmp_path / "bad_env")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{WORKERS_ENV}='two'" in err[0]
 
 
 def test_wikipedia_skips_disambiguation(enwiki_dump, tmp_path):

@@ -29,6 +29,7 @@ from mwparserfromhell.wikicode import Wikicode
 from e5jax.data.harvest.cleaning import CleanConfig
 from e5jax.data.harvest.streams import OVERSIZED, iter_xml_records, map_in_processes
 from e5jax.data.harvest.types import Drop, Pair, Record, Source
+from e5jax.errors import E5Error
 
 _SKIP_SECTIONS = {
     "see also", "references", "external links", "further reading", "notes", "bibliography",
@@ -91,7 +92,9 @@ def workers() -> int:
     this process may use. 1 parses in the reading process."""
     env = os.environ.get(WORKERS_ENV, "").strip()
     if env:
-        return max(1, int(env))
+        if not env.isdigit() or int(env) < 1:
+            raise E5Error(f"{WORKERS_ENV}={env!r}: set it to a whole number of processes, 1 or more")
+        return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
