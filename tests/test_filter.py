@@ -160,6 +160,48 @@ def test_killed_run_resumes_to_the_dataset_of_an_uninterrupted_run(tmp_path, min
                             cfg=filt.FilterConfig(**{**flags, "top_k": 3}), model_id=model_id, overwrite=True)
 
 
+@pytest.mark.slow
+def test_two_processes_filter_to_the_dataset_of_one(tmp_path, minilm_dir):
+    """Two real JAX processes split the blocks (b % 2 == process id), each logs its
+    own, process 0 merges: the same dataset and ranks as a single process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data_dir, _ = swapped_dataset(tmp_path, 120, 0.3, "small")
+    flags = dict(pool_size=30, top_k=2, query_prefix="", passage_prefix="", max_length=32, batch_size=16,
+                 block_size=16)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    procs = []
+    for pid in range(2):
+        argv = [sys.executable, "-m", "e5jax.cli", "filter", "--model", str(minilm_dir), "--data-dir", str(data_dir),
+                "--name", "small", "--output-name", "small_2p", "--coordinator", f"127.0.0.1:{port}",
+                "--num-processes", "2", "--process-id", str(pid)]
+        argv += [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+
+    encoder = filt.load_encoder(minilm_dir)
+    filt.filter_dataset(encoder, data_dir=data_dir, name="small", output_name="small_1p",
+                        cfg=filt.FilterConfig(**flags), model_id=filt.model_fingerprint(minilm_dir), progress=False)
+    bounds = filt.block_bounds(len(load_source(data_dir, "small", "train")), 16)
+    work2 = filt.work_dir(data_dir, "small_2p")
+    for pid in range(2):  # each process ranked its own blocks only
+        assert sorted(filt.read_log(work2 / f"progress-p{pid:05d}.log")[0]) == list(range(pid, len(bounds), 2))
+    two, one = filt.read_progress(work2, bounds), filt.read_progress(filt.work_dir(data_dir, "small_1p"), bounds)
+    assert sorted(two) == sorted(one) == list(range(len(bounds)))
+    assert all(np.array_equal(two[b][0], one[b][0]) and np.array_equal(two[b][1], one[b][1]) for b in one)
+    for split in ("train", "heldout"):
+        assert records(data_dir, "small_2p", split) == records(data_dir, "small_1p", split)
+    assert 0 < len(records(data_dir, "small_2p", "train")) < 120
+
+
 # ------------------------------------------------------------------ units
 
 
