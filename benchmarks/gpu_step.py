@@ -56,9 +56,10 @@ of card (``peak``).
 `worker --compile-only` compiles one variant for the local backend and prints
 the size of its temporary buffers. On this CPU (XLA:CPU, jax 0.10.2) the plain
 1,024-pair step of BERT-base (bf16) needs 91.0 GiB without remat and still
-85.1 GiB with it. XLA's buffer report at the peak (`XLA_FLAGS=--xla_dump_to=DIR`,
-`*live-range.txt`) is mostly fp32 copies of bf16 activations, made for the
-CPU's fp32 dots of the backward pass, many alive at once. Two barriers that
+85.1 GiB with it. In XLA's report of the buffers alive at the peak
+(`XLA_FLAGS=--xla_dump_to=DIR`, `*live-range.txt`; without remat) the largest
+group is 98 fp32 copies of bf16 activations (24 GB of 91), e.g. the operands
+of the weight-gradient dots, which XLA:CPU runs in fp32. Two barriers that
 tried to make the backward consume them sooner changed nothing: a remat with
 an optimization barrier on (inputs, cotangent), and one on (dx, dW) in the
 dense layer's VJP. So per-layer remat saves little memory in bf16 on XLA:CPU.
