@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from e5jax import filter as filt
+from e5jax import filter_files
 from e5jax.cli import main as cli_main
 from e5jax.data.ccpairs.builder import build_dataset, load_source
 from e5jax.errors import E5Error
@@ -147,7 +148,7 @@ def test_killed_run_resumes_to_the_dataset_of_an_uninterrupted_run(tmp_path, min
     filt.filter_dataset(encoder, data_dir=data_dir, name="small", output_name="small_straight", cfg=cfg,
                         model_id=model_id, progress=False)
     bounds = filt.block_bounds(len(load_source(data_dir, "small", "train")), 16)
-    assert log.stat().st_size == sum(filt._HEAD.size + 5 * (hi - lo) for lo, hi in bounds)  # no block twice
+    assert log.stat().st_size == sum(filter_files._HEAD.size + 5 * (hi - lo) for lo, hi in bounds)  # no block twice
     for split in ("train", "heldout"):
         assert records(data_dir, "small_resumed", split) == records(data_dir, "small_straight", split)
     a = filt.read_progress(work, bounds)
