@@ -32,41 +32,24 @@ times them one at a time under a file lock, after every worker has compiled or
 `--compile-deadline` has passed (stragglers are killed then, so nothing
 compiles or autotunes on the device while another variant is timed).
 
-The lease of 2026-11-27 (one NVIDIA H200, jax 0.11.2, flax 0.12.10), two calls:
+Figures (README, "GPU"): one NVIDIA H200, 2026-11-27, with
 
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 benchmarks/gpu_step.py run --parallel --no-peak \
         --steps 2 --compile-deadline 330 --timeout 455 --json $OUT/gpu_step.json \
         --variants cache:.gpu/b4096.npz:remat,cache:.gpu/b4096.npz:remat:at0,cache:.gpu/b1024.npz:remat:at0
 
-* the preset: 8.65 s per step (two timed steps, 8.648 and 8.653 s), 3,787
-  pairs/s, model 173 TFLOP/s = MFU 17.5% of the datasheet; compiled in 116 s
-  (three compiles side by side), 23.4 GiB of temporary buffers, 24.8 GiB peak;
-* the plain step on 1,024 pairs (first call, ``--steps 3``): 0.172 s, 5,959
-  pairs/s, 273 TFLOP/s = MFU 27.6%; 57 s compile, 46.8 GiB peak;
-* chunks of 1,024 with remat and ``at0``: 82.4 s per step (MFU 1.8%), cause not
-  established (``at0`` or the chunk size: the run ended before ``at0`` at chunk
-  4,096 was timed);
-* the first call initialised the state on the GPU: that jitted random init
-  took 3 min 9 s to 3 min 23 s to compile (four processes side by side), which
-  is why `encoder.build_sharded` now draws random weights on the host.
-
-An earlier lease measured a bf16 8192³ matmul at 734 TFLOP/s on the same kind
-of card (``peak``).
+gave the preset 8.65 s per step, MFU 17.5% (116 s compile, 24.8 GiB peak); an
+earlier call gave the plain 1,024-pair step MFU 27.6%.
 
 `worker --compile-only` compiles one variant for the local backend and prints
-the size of its temporary buffers. On this CPU (XLA:CPU, jax 0.10.2) the plain
-1,024-pair step of BERT-base (bf16) needs 91.0 GiB without remat and still
-85.1 GiB with it. In XLA's report of the buffers alive at the peak
-(`XLA_FLAGS=--xla_dump_to=DIR`, `*live-range.txt`; without remat) the largest
-group is 98 fp32 copies of bf16 activations (24 GB of 91), e.g. the operands
-of the weight-gradient dots, which XLA:CPU runs in fp32. Two barriers that
-tried to make the backward consume them sooner changed nothing: a remat with
-an optimization barrier on (inputs, cotangent), and one on (dx, dW) in the
-dense layer's VJP. So per-layer remat saves little memory in bf16 on XLA:CPU.
-The H200 compile of the preset needed 23.4 GiB.
+the size of its temporary buffers (check a variant's memory before a lease):
 
     .venv/bin/python benchmarks/gpu_step.py worker --compile-only --mode plain --remat remat \
         --batch-file .gpu/b1024.npz
+
+On this CPU the plain 1,024-pair BERT-base step in bf16 needs 91.0 GiB without
+remat and 85.1 GiB with it (README: why remat saves little there); the H200
+compile of the preset needed 23.4 GiB.
 
 MFU = model FLOPs / step time / peak. Model FLOPs = 6 · non-embedding params ·
 real tokens + 12 · layers · hidden · Σ(text length²) — the useful work of one
