@@ -31,7 +31,8 @@ from e5jax.config import DEFAULT_RULES, MeshConfig
 from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model import hf
-from e5jax.model.bert import BertConfig, BertModel, Dense, dropout, split_keys
+from e5jax.model.bert import BertConfig, BertModel, Dense
+from e5jax.model.dropout import dropout, split_keys
 from e5jax.model.encoder import build_sharded
 
 # Which head a model_type uses. MiniLM cross-encoders are model_type "bert".

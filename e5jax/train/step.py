@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from e5jax.config import Config
 from e5jax.loss import e5_loss, student_list_scores
 from e5jax.model import axes as ax
-from e5jax.model.bert import row_seeds
+from e5jax.model.dropout import row_seeds
 from e5jax.model.encoder import TextEncoder
 
 Batch = Mapping[str, jax.Array]

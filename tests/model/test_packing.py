@@ -14,7 +14,8 @@ from flax import nnx
 
 from e5jax.data.packing import first_fit_decreasing, pack, pad_rows
 from e5jax.data.pipeline import pad_to_bucket
-from e5jax.model.bert import BertConfig, row_seeds
+from e5jax.model.bert import BertConfig
+from e5jax.model.dropout import row_seeds
 from e5jax.model.encoder import TextEncoder
 
 
@@ -113,7 +114,7 @@ def test_packed_embeddings_equal_padded(arch, pooling, dropout):
 
 
 def test_hash_dropout_rate_and_independence():
-    from e5jax.model.bert import TokenNoise, attention_dropout, hidden_dropout
+    from e5jax.model.dropout import TokenNoise, attention_dropout, hidden_dropout
 
     x = jnp.ones((64, 32, 48))
     seeds = row_seeds(jax.random.split(jax.random.key(0), 64))
