@@ -268,7 +268,8 @@ def filter_dataset(
     if todo:
         emb_a, emb_b, hash_a = load_pools(work, source, cfg, encode, write=pid == 0)
         devices = jax.local_devices()  # own copy of the banks: no cross-host collectives
-        banks = tuple(PassageBank.build(e, mesh=_local_bank_mesh(devices)) for e in (emb_a, emb_b))
+        banks = tuple(PassageBank.build(e, mesh=_local_bank_mesh(devices), screen=False)  # ranks only: no top-k
+                      for e in (emb_a, emb_b))
         query_block = min(256, math.ceil(cfg.block_size / 8) * 8)
         for b in tqdm(todo, desc="filter", unit="block", disable=None if progress is None else not progress):
             lo, hi = bounds[b]

@@ -5,6 +5,8 @@ scores can be compared with `==`, and there are many exact ties, which makes
 the "equal scores -> smaller id first" rule observable.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -166,3 +168,78 @@ def test_bad_inputs():
         PassageBank.build(np.ones((0, DIM), np.float32))
     s, i = search(np.ones((0, DIM), np.float32), bank, 2)
     assert s.shape == (0, 2) and i.shape == (0, 2)
+
+
+# ------------------------------------------------------------- the bf16 screen
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _screen_once(q: np.ndarray, bank: PassageBank, k: int):
+    """The screen's (scores, ids, certified) for one block on a one-device bank."""
+    fn = functools.partial(retrieval._screen, k_local=k, tile=bank.tile_rows, masked=True,
+                           precision=retrieval.HIGHEST)
+    out = jax.jit(fn)(q, bank.resident, bank.screen, np.int32(0), np.int32(bank.n),
+                      np.asarray(bank.screen_err, np.float32))
+    return [np.asarray(x) for x in out]
+
+
+@pytest.mark.parametrize("ndev", [1, 8])
+def test_bf16_screen_is_certified_on_random_vectors_and_exact(ndev):
+    rng = np.random.default_rng(5)
+    q, bank_np = _unit(rng, 40, 32), _unit(rng, 8 * 700 + 3, 32)
+    screened = PassageBank.build(bank_np, mesh=mesh_of(ndev), tile_rows=64)
+    plain = PassageBank.build(bank_np, mesh=mesh_of(ndev), tile_rows=64, screen=False)
+    assert retrieval._use_screen(screened, 10, retrieval.HIGHEST)
+    assert not retrieval._use_screen(plain, 10, retrieval.HIGHEST)
+    s1, i1 = search(q, screened, 10, query_block=16)
+    s0, i0 = search(q, plain, 10, query_block=16)
+    np.testing.assert_array_equal(i1, i0)
+    np.testing.assert_array_equal(s1, s0)
+    ref = q.astype(np.float64) @ bank_np.T.astype(np.float64)
+    np.testing.assert_array_equal(i1, np.argsort(-ref, axis=1, kind="stable")[:, :10])
+    if ndev == 1:  # the screen itself certified every query: the result did not come from the fallback
+        v, ids, ok = _screen_once(q[:16], screened, 10)
+        assert ok.all()
+        np.testing.assert_array_equal(ids, i0[:16])
+
+
+def test_bf16_screen_falls_back_on_ties():
+    rng = np.random.default_rng(3)
+    q, bank_np = quantized(rng, 16, levels=1), quantized(rng, 1201, levels=1)  # exact ties everywhere
+    bank = PassageBank.build(bank_np, mesh=mesh_of(1), tile_rows=16, group_rows=4)
+    assert retrieval._use_screen(bank, 5, retrieval.HIGHEST)
+    _, _, ok = _screen_once(q, bank, 5)
+    assert not ok.all()
+    scores, ids = search(q, bank, 5, query_block=16)
+    ref_s, ref_i = brute_topk(q, bank_np, 5)
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_array_equal(scores, ref_s)
+
+
+def test_screen_bound_holds_where_rounding_errors_align():
+    """Vectors whose bf16 rounding errors all point the same way make the bound
+    nearly tight; it must still hold (dropping either rounding term breaks it)."""
+    import ml_dtypes
+
+    dim = 64
+    base = np.float32(1.0 + 0.99 * 2.0**-8)  # just under half a bf16 ulp above 1: rounds down by ~2^-8
+    rng = np.random.default_rng(0)
+    # Powers of two keep every component's relative rounding error the same;
+    # all vectors are permutations of one (one norm), and each query is also a
+    # passage (parallel vectors: Cauchy-Schwarz is tight).
+    v = base * 2.0 ** rng.integers(-3, 4, size=dim)
+    q = np.stack([rng.permutation(v) for _ in range(8)]).astype(np.float32)
+    p = np.concatenate([q, np.stack([rng.permutation(v) for _ in range(42)])]).astype(np.float32)
+    qb, pb = (x.astype(ml_dtypes.bfloat16).astype(np.float64) for x in (q, p))
+    screen = qb @ pb.T  # bf16 products summed exactly
+    exact = (q @ p.T).astype(np.float64)
+    p_err = np.linalg.norm(pb - p, axis=1).max()
+    p_norm = max(np.linalg.norm(pb, axis=1).max(), np.linalg.norm(p.astype(np.float64), axis=1).max())
+    bound = np.asarray(retrieval.screen_bound(q, np.float32(p_err), np.float32(p_norm)), np.float64)
+    gap = np.abs(screen - exact).max(axis=1)
+    assert np.all(gap <= bound)
+    assert np.all(gap > 0.9 * bound)  # nearly tight: the test would notice a missing term
