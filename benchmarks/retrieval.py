@@ -128,7 +128,8 @@ def main() -> int:
 def breakdown(q: np.ndarray, bank_np: np.ndarray, args) -> int:
     """One query block against the whole bank on one device, piece by piece:
     the tiled scan with group maxima, + the top-k over group maxima, + the
-    candidates' gather and re-scoring (= the core's `_local_topk`)."""
+    candidates' gather and re-scoring (= the core's `_local_topk`); then the
+    bf16 screen's pieces (`--no-screen` skips them)."""
     import statistics
 
     import jax
@@ -158,7 +159,57 @@ def breakdown(q: np.ndarray, bank_np: np.ndarray, args) -> int:
         t = statistics.median(ts)
         print(f"  {name:26s} {t * 1e3:7.1f} ms  ({flops / t / 1e9:.0f} GFLOP/s of scan work, "
               f"{block / t * rows / args.passages:.0f} queries/s at {args.passages} passages)")
+    if args.screen:
+        screen_breakdown(q[:block], bank_np[:rows], tile, k)
     return 0
+
+
+def screen_breakdown(q: np.ndarray, bank_np: np.ndarray, tile: int, k: int) -> None:
+    """The bf16 screen's pieces on the same block (the library's `_screen`, one
+    device), how many queries it certified, and its bound against the largest
+    actual bf16 error."""
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+
+    from e5jax import retrieval as R
+
+    one = jax.make_mesh((1,), ("bank",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    bank = R.PassageBank.build(bank_np, mesh=one, tile_rows=tile)
+    n_g = R.SCREEN_FACTOR * k
+    qj, err = jnp.asarray(q), jnp.asarray(bank.screen_err, jnp.float32)
+    rows = bank.chunk_rows
+
+    def gmax(a, tiles):
+        def body(_, cols):
+            s = jnp.dot(a.astype(jnp.bfloat16), cols, preferred_element_type=jnp.float32)
+            return None, s.reshape(a.shape[0], tile // R.SCREEN_GROUP, R.SCREEN_GROUP).max(-1)
+        return jnp.swapaxes(jax.lax.scan(body, None, tiles)[1], 0, 1).reshape(a.shape[0], -1)
+
+    kw = dict(k_local=k, tile=tile, masked=True, precision=R.HIGHEST)
+    pieces = {
+        "bf16 scan + maxima of 4": jax.jit(lambda a, s, t: gmax(a, t)),
+        f"+ top-{n_g} groups": jax.jit(lambda a, s, t: jax.lax.top_k(gmax(a, t), n_g)[1]),
+        "screen (all, _screen)": jax.jit(lambda a, s, t: R._screen(a, s, t, 0, bank.n, err, **kw)),
+        "screened top-k (+cond)": jax.jit(lambda a, s, t: R._screened_topk(a, s, t, 0, bank.n, err,
+                                                                          group=bank.group_rows, **kw)),
+    }
+    print(f"screen: same block, groups of {R.SCREEN_GROUP}, {n_g} candidate groups; median of 5")
+    for name, fn in pieces.items():
+        jax.block_until_ready(fn(qj, bank.resident, bank.screen))
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(qj, bank.resident, bank.screen))
+            ts.append(time.perf_counter() - t0)
+        print(f"  {name:26s} {statistics.median(ts) * 1e3:7.1f} ms")
+    _, _, ok = pieces["screen (all, _screen)"](qj, bank.resident, bank.screen)
+    bound = np.asarray(R.screen_bound(qj, err[0], err[1]))
+    low = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))  # noqa: E731
+    actual = np.abs(low(q) @ low(bank_np).T - q @ bank_np.T).max()
+    print(f"  certified {int(np.sum(ok))} of {len(q)} queries; bound mean {bound.mean():.4f}, "
+          f"largest actual |bf16 - fp32| score error {actual:.5f} (rows {rows})")
 
 
 if __name__ == "__main__":

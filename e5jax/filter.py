@@ -54,7 +54,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from e5jax.errors import E5Error
-from e5jax.filter_files import (  # noqa: F401  (re-exported: the filter's public helpers)
+from e5jax.filter_files import (  # noqa: F401  (RANK_BINS, read_log: re-exported for filter's users)
     RANK_BINS,
     _atomic_write,
     _text,

@@ -238,11 +238,12 @@ def screen_bound(q: jax.Array, p_err, p_norm) -> jax.Array:
     return (q_err * p_norm + q_norm * p_err + summation) * 1.01  # 1%: the bound's own fp32 rounding
 
 
-def _screened_topk(q, shard, tiles_bf16, first, n_end, err, *, k_local, tile, masked, precision):
-    """Exact top-k_local: the certified bf16 screen, or the fp32 path for a block it cannot certify."""
+def _screened_topk(q, shard, tiles_bf16, first, n_end, err, *, k_local, tile, group, masked, precision):
+    """Exact top-k_local: the certified bf16 screen, or the bank's own fp32 path
+    (`group` = its group_rows) for a block it cannot certify."""
     v, ids, ok = _screen(q, shard, tiles_bf16, first, n_end, err, k_local=k_local, tile=tile, masked=masked,
                          precision=precision)
-    exact = functools.partial(_local_topk, k_local=k_local, tile=tile, group=SCREEN_GROUP, masked=masked,
+    exact = functools.partial(_local_topk, k_local=k_local, tile=tile, group=group, masked=masked,
                               precision=precision)
     return jax.lax.cond(jnp.all(ok), lambda: (v, ids), lambda: exact(q, shard, first, n_end))
 
@@ -303,7 +304,7 @@ def _topk_step(mesh: jax.sharding.Mesh, shard_rows: int, k: int, masked: bool, p
         first = offset + jax.lax.axis_index(axes) * shard_rows
         if screened:
             ls, li = _screened_topk(q, shard, tiles_bf16, first, n_end, err, k_local=k_local, tile=tile,
-                                    masked=masked, precision=precision)
+                                    group=group, masked=masked, precision=precision)
         else:
             ls, li = _local_topk(q, shard, first, n_end, k_local=k_local, tile=tile, group=group, masked=masked,
                                  precision=precision)

@@ -220,6 +220,22 @@ def test_bf16_screen_falls_back_on_ties():
     np.testing.assert_array_equal(scores, ref_s)
 
 
+def test_bf16_screen_falls_back_where_rounding_hides_the_best_passage():
+    # In bf16 every passage scores 1.0 (ties go to the lowest groups), in fp32
+    # the last one scores highest: only the fp32 fallback can find it.
+    bank_np = np.zeros((256, DIM), np.float32)
+    bank_np[:, 0] = 1.003  # rounds to 1.0 in bf16
+    bank_np[-1, 0] = 1.0039  # the best in fp32; also rounds to 1.0
+    q = np.zeros((1, DIM), np.float32)
+    q[0, 0] = 1.0
+    bank = PassageBank.build(bank_np, mesh=mesh_of(1), tile_rows=16)
+    assert retrieval._use_screen(bank, 1, retrieval.HIGHEST)
+    _, screened_ids, ok = _screen_once(q, bank, 1)
+    assert not ok.all() and screened_ids[0, 0] != 255  # the screen alone would be wrong
+    scores, ids = search(q, bank, 1)
+    assert ids[0, 0] == 255 and scores[0, 0] == np.float32(1.0039)
+
+
 def test_screen_bound_holds_where_rounding_errors_align():
     """Vectors whose bf16 rounding errors all point the same way make the bound
     nearly tight; it must still hold (dropping either rounding term breaks it)."""
