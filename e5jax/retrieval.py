@@ -135,9 +135,7 @@ class PassageBank:
         resident = _put(padded, mesh, P(mesh.axis_names))
         if not screen or tile % SCREEN_GROUP:
             return cls(mesh, n, dim, chunk_rows, resident=resident, host=None, **blocking)
-        import ml_dtypes
-
-        low = padded.astype(ml_dtypes.bfloat16)
+        low = padded.astype(jnp.bfloat16)  # a numpy bf16 array on the host (jax's ml_dtypes type)
         tiles = np.ascontiguousarray(low.reshape(-1, tile, dim).transpose(0, 2, 1))  # [all tiles, d, tile]
         err = np.linalg.norm(low.astype(np.float64) - padded, axis=1).max()
         norm = max(np.linalg.norm(low.astype(np.float64), axis=1).max(), np.linalg.norm(padded, axis=1).max())

@@ -239,7 +239,7 @@ def test_bf16_screen_falls_back_where_rounding_hides_the_best_passage():
 def test_screen_bound_holds_where_rounding_errors_align():
     """Vectors whose bf16 rounding errors all point the same way make the bound
     nearly tight; it must still hold (dropping either rounding term breaks it)."""
-    import ml_dtypes
+    import jax.numpy as jnp
 
     dim = 64
     base = np.float32(1.0 + 0.99 * 2.0**-8)  # just under half a bf16 ulp above 1: rounds down by ~2^-8
@@ -250,7 +250,7 @@ def test_screen_bound_holds_where_rounding_errors_align():
     v = base * 2.0 ** rng.integers(-3, 4, size=dim)
     q = np.stack([rng.permutation(v) for _ in range(8)]).astype(np.float32)
     p = np.concatenate([q, np.stack([rng.permutation(v) for _ in range(42)])]).astype(np.float32)
-    qb, pb = (x.astype(ml_dtypes.bfloat16).astype(np.float64) for x in (q, p))
+    qb, pb = (x.astype(jnp.bfloat16).astype(np.float64) for x in (q, p))
     screen = qb @ pb.T  # bf16 products summed exactly
     exact = (q @ p.T).astype(np.float64)
     p_err = np.linalg.norm(pb - p, axis=1).max()
