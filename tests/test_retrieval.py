@@ -207,6 +207,23 @@ def test_bf16_screen_is_certified_on_random_vectors_and_exact(ndev):
         np.testing.assert_array_equal(ids, i0[:16])
 
 
+def test_query_blocks_are_even_and_a_short_last_block_is_still_certified():
+    assert retrieval._blocks(10_000, 1024) == (1000, 10)  # not 10 x 1,024 with 240 pad rows
+    assert retrieval._blocks(1024, 1024) == (1024, 1) and retrieval._blocks(5, 1024) == (8, 1)
+    rng = np.random.default_rng(7)
+    q, bank_np = _unit(rng, 20, 32), _unit(rng, 1500, 32)
+    bank = PassageBank.build(bank_np, mesh=mesh_of(1), tile_rows=64)
+    block, n_blocks = retrieval._blocks(len(q), 16)
+    last = retrieval._padded_block(q, n_blocks - 1, block)  # 4 real rows, 12 pad rows
+    assert (block, n_blocks) == (16, 2) and last.shape == (16, 32)
+    np.testing.assert_array_equal(last[:4], q[16:])
+    # Pad rows must not defeat the certificate (zero rows would: they tie with
+    # every passage), else every search with a short last block pays the fp32 path.
+    _, ids, ok = _screen_once(last, bank, 10)
+    assert ok.all()
+    np.testing.assert_array_equal(ids[:4], brute_topk(q[16:], bank_np, 10)[1])
+
+
 def test_bf16_screen_falls_back_on_ties():
     rng = np.random.default_rng(3)
     q, bank_np = quantized(rng, 16, levels=1), quantized(rng, 1201, levels=1)  # exact ties everywhere
