@@ -143,7 +143,7 @@ def breakdown(q: np.ndarray, bank_np: np.ndarray, args) -> int:
     kw = dict(tile=tile, group=group, masked=False, precision=R.HIGHEST)
     pieces = {
         "scan + group maxima": jax.jit(lambda a, b: R._group_maxima(a, b, 0, rows, **kw)),
-        "+ top-k of group maxima": jax.jit(lambda a, b: jax.lax.top_k(R._group_maxima(a, b, 0, rows, **kw), k)),
+        "+ top-k of group maxima": jax.jit(lambda a, b: R._top_groups(R._group_maxima(a, b, 0, rows, **kw), k)),
         "+ gather, re-score (all)": jax.jit(lambda a, b: R._local_topk(a, b, 0, rows, k_local=k, **kw)),
     }
     flops = 2.0 * block * rows * q.shape[1]
@@ -185,12 +185,12 @@ def screen_breakdown(q: np.ndarray, bank_np: np.ndarray, tile: int, k: int) -> N
         def body(_, cols):
             s = jnp.dot(a.astype(jnp.bfloat16), cols, preferred_element_type=jnp.float32)
             return None, s.reshape(a.shape[0], tile // R.SCREEN_GROUP, R.SCREEN_GROUP).max(-1)
-        return jnp.swapaxes(jax.lax.scan(body, None, tiles)[1], 0, 1).reshape(a.shape[0], -1)
+        return jax.lax.scan(body, None, tiles)[1]  # [tiles, Q, groups per tile], as in _screen
 
     kw = dict(k_local=k, tile=tile, masked=True, precision=R.HIGHEST)
     pieces = {
         "bf16 scan + maxima of 4": jax.jit(lambda a, s, t: gmax(a, t)),
-        f"+ top-{n_g} groups": jax.jit(lambda a, s, t: jax.lax.top_k(gmax(a, t), n_g)[1]),
+        f"+ top-{n_g} groups": jax.jit(lambda a, s, t: R._top_groups(gmax(a, t), n_g)[1]),
         "screen (all, _screen)": jax.jit(lambda a, s, t: R._screen(a, s, t, 0, bank.n, err, **kw)),
         "screened top-k (+cond)": jax.jit(lambda a, s, t: R._screened_topk(a, s, t, 0, bank.n, err,
                                                                           group=bank.group_rows, **kw)),

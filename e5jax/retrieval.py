@@ -174,8 +174,9 @@ def _use_groups(shard_rows: int, k_local: int, group: int) -> bool:
 
 
 def _group_maxima(q, shard, first, n_end, *, tile, group, masked, precision):
-    """[Q, S / group]: each query's best score in every group of `group` passages,
-    scored tile by tile (the [Q, tile] block never leaves the cache)."""
+    """[tiles, Q, tile / group]: each query's best score in every group of
+    `group` passages, scored tile by tile (the [Q, tile] block never leaves the
+    cache); group id = tile * (tile / group) + index in the tile."""
     dot = functools.partial(jnp.dot, precision=precision, preferred_element_type=jnp.float32)
 
     def tile_group_max(_, xs):
@@ -185,8 +186,40 @@ def _group_maxima(q, shard, first, n_end, *, tile, group, masked, precision):
             s = _mask_pad(s, first + t0, n_end)
         return None, s.reshape(q.shape[0], tile // group, group).max(-1)
 
-    _, gmax = jax.lax.scan(tile_group_max, None, _tiles(shard, tile))  # [tiles, Q, tile/group]
-    return jnp.swapaxes(gmax, 0, 1).reshape(q.shape[0], shard.shape[0] // group)
+    return jax.lax.scan(tile_group_max, None, _tiles(shard, tile))[1]
+
+
+# Groups per super-group in `_top_groups`' two-level selection.
+SUPER_GROUP = 32
+
+
+def _top_groups(gmax, n: int):
+    """`lax.top_k` over all groups, from group maxima in the scan's layout
+    [tiles, Q, g]: (values [Q, n], group ids [Q, n]), equal to
+    `top_k(gmax.transpose(1, 0, 2).reshape(Q, -1), n)`, ties included.
+
+    XLA:CPU's TopK costs about as much per element as the bf16 scan's dot
+    spends on a passage, so this avoids running it over every group (and the
+    [Q, groups] transpose): the top n super-groups of SUPER_GROUP consecutive
+    groups by their maximum, then the top n groups among those n * SUPER_GROUP.
+    Exact: a top-n group's super-group has a group (its maximum) at least as
+    high, ties included by id, in each super-group ahead of it, so at most
+    n - 1 are ahead of it and it is among the n chosen; the candidates are laid
+    out in increasing id order, so TopK's lower-index-first rule breaks ties as
+    the flat top-k does.
+    """
+    T, Q, g = gmax.shape
+    sg = SUPER_GROUP
+    if g % sg or 4 * n * sg > T * g:  # no whole super-groups, or too few groups to pay
+        return jax.lax.top_k(jnp.swapaxes(gmax, 0, 1).reshape(Q, T * g), n)
+    per_tile = g // sg
+    blocks = gmax.reshape(T, Q, per_tile, sg)
+    smax = jnp.swapaxes(blocks.max(-1), 0, 1).reshape(Q, T * per_tile)  # super-group id = t * per_tile + s
+    sid = jnp.sort(jax.lax.top_k(smax, n)[1], axis=1)  # increasing id order
+    cand = blocks[sid // per_tile, jnp.arange(Q)[:, None], sid % per_tile]  # [Q, n, sg]
+    v, pos = jax.lax.top_k(cand.reshape(Q, n * sg), n)
+    gid = (sid[:, :, None] * sg + jnp.arange(sg, dtype=sid.dtype)).reshape(Q, n * sg)
+    return v, jnp.take_along_axis(gid, pos, axis=1)
 
 
 def _local_topk(q, shard, first, n_end, *, k_local, tile, group, masked, precision):
@@ -198,7 +231,7 @@ def _local_topk(q, shard, first, n_end, *, k_local, tile, group, masked, precisi
         return jax.lax.top_k(_mask_pad(s, first, n_end) if masked else s, k_local)
 
     gmax = _group_maxima(q, shard, first, n_end, tile=tile, group=group, masked=masked, precision=precision)
-    _, best = jax.lax.top_k(gmax, min(k_local, S // group))
+    _, best = _top_groups(gmax, min(k_local, S // group))
     return _rescore(q, shard, best, first, n_end, k_local=k_local, group=group, masked=masked, precision=precision)
 
 
@@ -263,7 +296,6 @@ def _screen(q, shard, tiles_bf16, first, n_end, err, *, k_local, tile, masked, p
     """
     p_err, p_norm = err[0], err[1]  # max ||p~ - p||, max(||p~||, ||p||) over the bank
     Q = q.shape[0]
-    S = shard.shape[0]
     qb = q.astype(jnp.bfloat16)
 
     def tile_group_max(_, cols):  # cols [d, tile] bf16
@@ -272,9 +304,8 @@ def _screen(q, shard, tiles_bf16, first, n_end, err, *, k_local, tile, masked, p
         s = jnp.dot(qb, cols, preferred_element_type=jnp.float32)
         return None, s.reshape(Q, tile // SCREEN_GROUP, SCREEN_GROUP).max(-1)
 
-    _, gmax = jax.lax.scan(tile_group_max, None, tiles_bf16)
-    gmax = jnp.swapaxes(gmax, 0, 1).reshape(Q, S // SCREEN_GROUP)
-    mvals, best = jax.lax.top_k(gmax, SCREEN_FACTOR * k_local)
+    _, gmax = jax.lax.scan(tile_group_max, None, tiles_bf16)  # [tiles, Q, tile / SCREEN_GROUP]
+    mvals, best = _top_groups(gmax, SCREEN_FACTOR * k_local)
     v, ids = _rescore(q, shard, best, first, n_end, k_local=k_local, group=SCREEN_GROUP, masked=masked,
                       precision=precision)
     bound = screen_bound(q, p_err, p_norm)

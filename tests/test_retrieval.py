@@ -207,6 +207,20 @@ def test_bf16_screen_is_certified_on_random_vectors_and_exact(ndev):
         np.testing.assert_array_equal(ids, i0[:16])
 
 
+@pytest.mark.parametrize("levels", [3, 1000])  # 3 levels: ties everywhere, also across super-groups
+def test_two_level_group_selection_equals_flat_top_k(levels):
+    rng = np.random.default_rng(levels)
+    tiles, nq, g, n = 8, 6, 4 * retrieval.SUPER_GROUP, 7
+    gmax = rng.integers(0, levels, size=(tiles, nq, g)).astype(np.float32)
+    gmax[:, 0] = 1.0  # one query whose groups all tie: the lowest ids win
+    v, ids = jax.jit(retrieval._top_groups, static_argnums=1)(gmax, n)
+    flat = gmax.transpose(1, 0, 2).reshape(nq, tiles * g)
+    ref_i = np.stack([np.lexsort((np.arange(flat.shape[1]), -row))[:n] for row in flat])
+    np.testing.assert_array_equal(np.asarray(ids), ref_i)
+    np.testing.assert_array_equal(np.asarray(v), np.take_along_axis(flat, ref_i, 1))
+    assert 4 * n * retrieval.SUPER_GROUP <= tiles * g  # the two-level path ran, not the flat fallback
+
+
 def test_query_blocks_are_even_and_a_short_last_block_is_still_certified():
     assert retrieval._blocks(10_000, 1024) == (1000, 10)  # not 10 x 1,024 with 240 pad rows
     assert retrieval._blocks(1024, 1024) == (1024, 1) and retrieval._blocks(5, 1024) == (8, 1)
