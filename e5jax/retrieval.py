@@ -17,7 +17,9 @@ group of `group_rows` consecutive passages. The top-k *groups* by maximum hold
 the exact top-k passages (each of the k best passages lies in a group whose
 maximum is at least as high, and at most k groups can have such a maximum, ties
 going to the lower group as they do for passages), so only k * group_rows
-candidates are re-scored and sorted instead of the whole shard. The
+candidates are re-scored and sorted instead of the whole shard. The top-k
+groups themselves are chosen in two levels too (`_top_groups`: super-groups
+of 32 groups first), because XLA:CPU's TopK over every group is not cheap. The
 candidates' scores are recomputed with a dot of the same fp32 rows; they equal
 the tile's scores up to the order of fp32 accumulation.
 

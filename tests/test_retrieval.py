@@ -91,6 +91,29 @@ def test_tiled_two_level_topk_equals_bruteforce(ndev, k, max_rows):
     np.testing.assert_array_equal(rank_of(q, pos, bank, query_block=16), brute_rank(q, pos, bank_np))
 
 
+@pytest.mark.parametrize("ndev", [1, 8])
+def test_super_group_selection_in_search_equals_bruteforce(ndev):
+    # Shards big enough for _top_groups' two-level path (4 * n * SUPER_GROUP <=
+    # groups per shard) in the fp32 path (exact ties everywhere) and in the bf16
+    # screen (random unit vectors, certified).
+    rng = np.random.default_rng(11)
+    k, sg = 3, retrieval.SUPER_GROUP
+    tied_q, tied = quantized(rng, 21, levels=1), quantized(rng, 8 * 1600 + 5, levels=1)
+    unit_q, unit = _unit(rng, 21, 16), _unit(rng, 8 * 4700 + 5, 16)
+    for q, bank_np, n in ((tied_q, tied, k), (unit_q, unit, retrieval.SCREEN_FACTOR * k)):
+        bank = PassageBank.build(bank_np, mesh=mesh_of(8), tile_rows=128, group_rows=4)
+        groups_per_shard = bank.chunk_rows // 8 // 4
+        assert (128 // 4) % sg == 0 and 4 * n * sg <= groups_per_shard
+        if ndev == 1:
+            bank = PassageBank.build(bank_np, mesh=mesh_of(1), tile_rows=128, group_rows=4)
+        scores, ids = search(q, bank, k, query_block=16)
+        ref_s, ref_i = brute_topk(q, bank_np, k)
+        np.testing.assert_array_equal(ids, ref_i)
+        np.testing.assert_allclose(scores, ref_s, rtol=0, atol=1e-6)
+    if ndev == 1:  # the unit bank's screen certified its block: the screen's own path ran
+        assert _screen_once(unit_q[:16], bank, k)[2].all()
+
+
 def test_tile_must_be_a_multiple_of_the_group():
     with pytest.raises(ValueError, match="tile_rows"):
         PassageBank.build(np.ones((5, DIM), np.float32), tile_rows=10, group_rows=4)
