@@ -432,8 +432,10 @@ def search(
 
     Returns (scores [nq, k] float32, ids [nq, k] int64), each row sorted by
     score descending, equal scores by smaller id. `bank` may be a numpy array
-    (then sharded over `mesh`, default all devices). `progress=None` shows a
-    bar only on a terminal.
+    (then sharded over `mesh`, default all devices). Queries go in blocks of
+    at most `query_block` rows (evened out, a multiple of 8); larger blocks use
+    the dot better and hold a [block, shard / 4] buffer of group maxima per
+    device. `progress=None` shows a bar only on a terminal.
     """
     bank = _as_bank(bank, mesh, screen=True)
     q = np.asarray(queries, dtype=np.float32)
