@@ -11,7 +11,8 @@ Variants (each changes the model only inside this process):
   replaced by plain autodiff of the same dots (bf16 only);
 * relu — exact-erf GELU replaced by ReLU (what GELU costs);
 * no-layernorm — LayerNorm replaced by its affine part (what normalising costs);
-* no-attention-matmuls — the two attention products replaced by zeros of their shape.
+* no-attention-matmuls — the two attention products replaced by zeros of their shape;
+* no-dropout — the step without a dropout key (what the hash dropout costs).
 Timings are medians of 3 after a compile; the model's numbers are not the point
 of the variants, only their time.
 """
@@ -92,12 +93,13 @@ def main() -> int:
         cfg = replace(base, **{"model.dtype": dt})
         graphdef, state = create_state(cfg, mesh)
         variants = ["baseline"] + (["autodiff-bf16-backward"] if dt == "bfloat16" else []) + [
-            "relu", "no-layernorm", "no-attention-matmuls"]
+            "relu", "no-layernorm", "no-attention-matmuls", "no-dropout"]
         for v in variants:
             set_variant(v)
             model, _ = nnx.merge(graphdef, state)
-            fwd = jax.jit(lambda m, b: plain_loss(m, b, key, cfg, None)[0])
-            fwd_bwd = jax.jit(lambda m, b: nnx.value_and_grad(lambda mm: plain_loss(mm, b, key, cfg, None)[0])(m))
+            k = None if v == "no-dropout" else key
+            fwd = jax.jit(lambda m, b: plain_loss(m, b, k, cfg, None)[0])
+            fwd_bwd = jax.jit(lambda m, b: nnx.value_and_grad(lambda mm: plain_loss(mm, b, k, cfg, None)[0])(m))
             line = f"{dt:9s} {v:24s} fwd {timed(fwd, model, batch) * 1e3:7.1f} ms   fwd+bwd " \
                    f"{timed(fwd_bwd, model, batch) * 1e3:7.1f} ms"
             if v == "baseline":

@@ -313,3 +313,66 @@ def test_screen_bound_holds_where_rounding_errors_align():
     gap = np.abs(screen - exact).max(axis=1)
     assert np.all(gap <= bound)
     assert np.all(gap > 0.9 * bound)  # nearly tight: the test would notice a missing term
+
+
+# ------------------------------------------------------------ two processes
+
+_WORKER = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax, numpy as np
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
+from e5jax.retrieval import PassageBank, _use_screen, HIGHEST, rank_of, search
+assert jax.device_count() == 4 and jax.local_device_count() == 2
+rng = np.random.default_rng(0)  # the same data on both processes
+def unit(n):
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+q, bank_np, pos = unit(21), unit(4 * 700 + 3), unit(21)
+res = {}
+screened = PassageBank.build(bank_np, tile_rows=64)
+res["screen_used"] = bool(_use_screen(screened, 3, HIGHEST))
+for name, bank in (("screen", screened), ("fp32", PassageBank.build(bank_np, tile_rows=64, screen=False)),
+                   ("streamed", PassageBank.build(bank_np, tile_rows=64, max_device_rows=1000))):
+    s, i = search(q, bank, 3, query_block=16)
+    res[name] = i.tolist()
+res["rank"] = rank_of(q, pos, screened, query_block=16).tolist()
+print("RESULT", json.dumps(res))
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_search_and_rank_over_one_global_bank():
+    """Two real JAX processes (2 CPU devices each) hold one bank split over all
+    4 devices: the screened, fp32 and streamed searches and rank_of all equal
+    the brute force, on both processes."""
+    import json
+    import os
+    import pathlib
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(i), str(port)], cwd=repo, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:]))
+    rng = np.random.default_rng(0)
+    q, bank_np, pos = _unit(rng, 21, 16), _unit(rng, 4 * 700 + 3, 16), _unit(rng, 21, 16)
+    _, ref_i = brute_topk(q, bank_np, 3)
+    for res in results:
+        assert res["screen_used"]
+        for name in ("screen", "fp32", "streamed"):
+            np.testing.assert_array_equal(np.asarray(res[name]), ref_i, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(res["rank"]), brute_rank(q, pos, bank_np))
