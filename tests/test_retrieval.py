@@ -73,13 +73,13 @@ def test_search_equals_bruteforce(data, ndev, k, max_rows):
 
 @pytest.mark.parametrize(
     "ndev,k,max_rows",
-    [(1, 5, None), (8, 3, None), (1, 10, 700), (8, 2, 400)],
+    [(1, 5, None), (8, 3, None), (1, 10, 4100), (8, 2, 4200)],
 )
 def test_tiled_two_level_topk_equals_bruteforce(ndev, k, max_rows):
     # Small tiles and groups so the tiled scan and the group-maximum top-k run
-    # (4 * k * group <= shard rows), on a bank full of exact ties.
+    # (GROUP_RATIO * k * group <= shard rows), on a bank full of exact ties.
     rng = np.random.default_rng(3)
-    q, bank_np = quantized(rng, 29, levels=1), quantized(rng, 1201, levels=1)
+    q, bank_np = quantized(rng, 29, levels=1), quantized(rng, 8001, levels=1)
     bank = PassageBank.build(bank_np, mesh=mesh_of(ndev), max_device_rows=max_rows, tile_rows=16, group_rows=4)
     shard = bank.chunk_rows // ndev
     assert retrieval._use_groups(shard, min(k, shard), bank.group_rows) and shard > bank.tile_rows
@@ -112,6 +112,20 @@ def test_super_group_selection_in_search_equals_bruteforce(ndev):
         np.testing.assert_allclose(scores, ref_s, rtol=0, atol=1e-6)
     if ndev == 1:  # the unit bank's screen certified its block: the screen's own path ran
         assert _screen_once(unit_q[:16], bank, k)[2].all()
+
+
+def test_large_k_takes_the_plain_path_and_rescoring_memory_is_bounded():
+    # Re-scoring k * group random rows per query costs more than scanning the
+    # shard once k * group passes 1/GROUP_RATIO of it (k = 1,000 at 100k rows).
+    assert retrieval._use_groups(100_352, 100, 8) and not retrieval._use_groups(100_352, 1000, 8)
+    # The re-scoring gathers one candidate row per query per step: its buffers
+    # do not grow with the candidate count (all candidates at once: ~26 MB here).
+    Q, n, g, d = 64, 200, 8, 64
+    fn = jax.jit(functools.partial(retrieval._rescore, first=0, n_end=4096, k_local=10, group=g, masked=True,
+                                   precision=retrieval.HIGHEST))
+    args = (np.ones((Q, d), np.float32), np.ones((4096, d), np.float32), np.zeros((Q, n), np.int32))
+    temp = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 4 * 2**20, temp
 
 
 def test_tile_must_be_a_multiple_of_the_group():
@@ -213,7 +227,7 @@ def _screen_once(q: np.ndarray, bank: PassageBank, k: int):
 @pytest.mark.parametrize("ndev", [1, 8])
 def test_bf16_screen_is_certified_on_random_vectors_and_exact(ndev):
     rng = np.random.default_rng(5)
-    q, bank_np = _unit(rng, 40, 32), _unit(rng, 8 * 700 + 3, 32)
+    q, bank_np = _unit(rng, 40, 32), _unit(rng, 8 * 7700 + 3, 32)
     screened = PassageBank.build(bank_np, mesh=mesh_of(ndev), tile_rows=64)
     plain = PassageBank.build(bank_np, mesh=mesh_of(ndev), tile_rows=64, screen=False)
     assert retrieval._use_screen(screened, 10, retrieval.HIGHEST)
@@ -263,7 +277,7 @@ def test_query_blocks_are_even_and_a_short_last_block_is_still_certified():
 
 def test_bf16_screen_falls_back_on_ties():
     rng = np.random.default_rng(3)
-    q, bank_np = quantized(rng, 16, levels=1), quantized(rng, 1201, levels=1)  # exact ties everywhere
+    q, bank_np = quantized(rng, 16, levels=1), quantized(rng, 4001, levels=1)  # exact ties everywhere
     bank = PassageBank.build(bank_np, mesh=mesh_of(1), tile_rows=16, group_rows=4)
     assert retrieval._use_screen(bank, 5, retrieval.HIGHEST)
     _, _, ok = _screen_once(q, bank, 5)
@@ -277,7 +291,7 @@ def test_bf16_screen_falls_back_on_ties():
 def test_bf16_screen_falls_back_where_rounding_hides_the_best_passage():
     # In bf16 every passage scores 1.0 (ties go to the lowest groups), in fp32
     # the last one scores highest: only the fp32 fallback can find it.
-    bank_np = np.zeros((256, DIM), np.float32)
+    bank_np = np.zeros((1024, DIM), np.float32)
     bank_np[:, 0] = 1.003  # rounds to 1.0 in bf16
     bank_np[-1, 0] = 1.0039  # the best in fp32; also rounds to 1.0
     q = np.zeros((1, DIM), np.float32)
@@ -285,9 +299,9 @@ def test_bf16_screen_falls_back_where_rounding_hides_the_best_passage():
     bank = PassageBank.build(bank_np, mesh=mesh_of(1), tile_rows=16)
     assert retrieval._use_screen(bank, 1, retrieval.HIGHEST)
     _, screened_ids, ok = _screen_once(q, bank, 1)
-    assert not ok.all() and screened_ids[0, 0] != 255  # the screen alone would be wrong
+    assert not ok.all() and screened_ids[0, 0] != 1023  # the screen alone would be wrong
     scores, ids = search(q, bank, 1)
-    assert ids[0, 0] == 255 and scores[0, 0] == np.float32(1.0039)
+    assert ids[0, 0] == 1023 and scores[0, 0] == np.float32(1.0039)
 
 
 def test_screen_bound_holds_where_rounding_errors_align():
@@ -329,7 +343,7 @@ rng = np.random.default_rng(0)  # the same data on both processes
 def unit(n):
     x = rng.standard_normal((n, 16)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-q, bank_np, pos = unit(21), unit(4 * 700 + 3), unit(21)
+q, bank_np, pos = unit(21), unit(4 * 2400 + 3), unit(21)
 res = {}
 screened = PassageBank.build(bank_np, tile_rows=64)
 res["screen_used"] = bool(_use_screen(screened, 3, HIGHEST))
@@ -369,7 +383,7 @@ def test_two_processes_search_and_rank_over_one_global_bank():
         assert p.returncode == 0, err[-3000:]
         results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:]))
     rng = np.random.default_rng(0)
-    q, bank_np, pos = _unit(rng, 21, 16), _unit(rng, 4 * 700 + 3, 16), _unit(rng, 21, 16)
+    q, bank_np, pos = _unit(rng, 21, 16), _unit(rng, 4 * 2400 + 3, 16), _unit(rng, 21, 16)
     _, ref_i = brute_topk(q, bank_np, 3)
     for res in results:
         assert res["screen_used"]
