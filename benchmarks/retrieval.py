@@ -120,8 +120,11 @@ def main() -> int:
         print(f"  TPU v4-32 ({V4_32_CHIPS} chips x 275 TFLOP/s bf16), {label}: {minutes:.0f} min")
     print("  (scoring only: encoding the 270M pairs and the pool costs far more; the rank count is a\n"
           "   compare+sum over 2.7e14 scores that rides on the matmul output, assumed not to be the bottleneck)")
-    ok = same_rows > 0.999
-    print("ids agree" if ok else "ids DISAGREE beyond ties")
+    # Ids may differ only where scores tie within fp32 rounding (common at large
+    # k): every rank's score must then still agree.
+    ok = same_rows > 0.999 or max_score_diff < 1e-5
+    print("results agree" + ("" if same_rows > 0.999 else " (ids differ only among near-equal scores)")
+          if ok else "results DISAGREE beyond ties")
     return 0 if ok else 1
 
 
