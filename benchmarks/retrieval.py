@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/retrieval.py            # 10k queries x 100k passages, dim 384
     .venv/bin/python benchmarks/retrieval.py --blocks 256,1024,4096   # tune the query block
     .venv/bin/python benchmarks/retrieval.py --no-screen  # e5jax without its bf16 screen (fp32 only)
+    .venv/bin/python benchmarks/retrieval.py --k 1000 --blocks 1024 --repeat 3  # evaluation's depth
     .venv/bin/python benchmarks/retrieval.py --breakdown  # where one fp32 query block's time goes
     XLA_FLAGS=... .venv/bin/python benchmarks/retrieval.py --breakdown  # the same under XLA flags
 
