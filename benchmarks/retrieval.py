@@ -172,6 +172,7 @@ def screen_breakdown(q: np.ndarray, bank_np: np.ndarray, tile: int, k: int) -> N
     """The bf16 screen's pieces on the same block (the library's `_screen`, one
     device), how many queries it certified, and its bound against the largest
     actual bf16 error."""
+    import functools
     import statistics
 
     import jax
@@ -185,11 +186,7 @@ def screen_breakdown(q: np.ndarray, bank_np: np.ndarray, tile: int, k: int) -> N
     qj, err = jnp.asarray(q), jnp.asarray(bank.screen_err, jnp.float32)
     rows = bank.chunk_rows
 
-    def gmax(a, tiles):
-        def body(_, cols):
-            s = jnp.dot(a.astype(jnp.bfloat16), cols, preferred_element_type=jnp.float32)
-            return None, s.reshape(a.shape[0], tile // R.SCREEN_GROUP, R.SCREEN_GROUP).max(-1)
-        return jax.lax.scan(body, None, tiles)[1]  # [tiles, Q, groups per tile], as in _screen
+    gmax = functools.partial(R._bf16_group_maxima, tile=tile)  # the screen's own scan
 
     kw = dict(k_local=k, tile=tile, masked=True, precision=R.HIGHEST)
     pieces = {

@@ -301,6 +301,22 @@ def _screened_topk(q, shard, tiles_bf16, first, n_end, err, *, k_local, tile, gr
     return jax.lax.cond(jnp.all(ok), lambda: (v, ids), lambda: exact(q, shard, first, n_end))
 
 
+def _bf16_group_maxima(q, tiles_bf16, tile: int):
+    """[tiles, Q, tile / SCREEN_GROUP]: bf16 scores' maxima per group of
+    SCREEN_GROUP passages, from the bank's pre-tiled bf16 copy [tiles, d, tile]
+    (bf16 products are exact in fp32 and summed in fp32).
+
+    Pad rows are not masked here (they score 0): that can only raise the
+    screen's m, i.e. weaken the certificate; the re-scoring masks them."""
+    qb = q.astype(jnp.bfloat16)
+
+    def tile_group_max(_, cols):  # cols [d, tile] bf16
+        s = jnp.dot(qb, cols, preferred_element_type=jnp.float32)
+        return None, s.reshape(q.shape[0], tile // SCREEN_GROUP, SCREEN_GROUP).max(-1)
+
+    return jax.lax.scan(tile_group_max, None, tiles_bf16)[1]
+
+
 def _screen(q, shard, tiles_bf16, first, n_end, err, *, k_local, tile, masked, precision):
     """(top-k_local scores, ids, certified [Q]) of the bf16 screen.
 
@@ -317,16 +333,7 @@ def _screen(q, shard, tiles_bf16, first, n_end, err, *, k_local, tile, masked, p
     A block with any query not certified takes the fp32 path (`_screened_topk`).
     """
     p_err, p_norm = err[0], err[1]  # max ||p~ - p||, max(||p~||, ||p||) over the bank
-    Q = q.shape[0]
-    qb = q.astype(jnp.bfloat16)
-
-    def tile_group_max(_, cols):  # cols [d, tile] bf16
-        # Pad rows are not masked here (they score 0): that can only raise m
-        # below, i.e. weaken the certificate; the re-scoring masks them.
-        s = jnp.dot(qb, cols, preferred_element_type=jnp.float32)
-        return None, s.reshape(Q, tile // SCREEN_GROUP, SCREEN_GROUP).max(-1)
-
-    _, gmax = jax.lax.scan(tile_group_max, None, tiles_bf16)  # [tiles, Q, tile / SCREEN_GROUP]
+    gmax = _bf16_group_maxima(q, tiles_bf16, tile)
     mvals, best = _top_groups(gmax, SCREEN_FACTOR * k_local)
     v, ids = _rescore(q, shard, best, first, n_end, k_local=k_local, group=SCREEN_GROUP, masked=masked,
                       precision=precision)
