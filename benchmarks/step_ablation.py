@@ -9,6 +9,9 @@ piece swapped out at a time.
 Variants (each changes the model only inside this process):
 * autodiff-bf16-backward — the bf16 custom VJPs (`dense_dot`, `batched_matmul`)
   replaced by plain autodiff of the same dots (bf16 only);
+* autodiff-elementwise — the hand-written backward passes of GELU, softmax and
+  LayerNorm (`e5jax.model.fused`) replaced by autodiff of the plain formulas
+  (jax.nn.gelu's erfc form, max-shifted softmax, LayerNorm) as before them;
 * relu — exact-erf GELU replaced by ReLU (what GELU costs);
 * no-layernorm — LayerNorm replaced by its affine part (what normalising costs);
 * no-attention-matmuls — the two attention products replaced by zeros of their shape;
@@ -36,21 +39,36 @@ sys.path.insert(0, str(ROOT))
 from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from e5jax.data.packing import pack  # noqa: E402
 from e5jax.model import axes as ax  # noqa: E402
-from e5jax.model import bert  # noqa: E402
+from e5jax.model import bert, fused  # noqa: E402
 from e5jax.train.state import create_state, load_tokenizer  # noqa: E402
 from e5jax.train.step import plain_loss  # noqa: E402
 
 ORIGINAL = dict(dense_dot=bert.dense_dot, batched_matmul=bert.batched_matmul, matmul_f32=bert.matmul_f32,
-                gelu=bert.ACTIVATIONS["gelu"], layernorm=bert.LayerNorm.__call__)
+                gelu=bert.ACTIVATIONS["gelu"], layernorm=bert.LayerNorm.__call__, softmax=fused.softmax)
+
+
+def _autodiff_softmax(s):
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _autodiff_layernorm(self, x):
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]).astype(x.dtype)
 
 
 def set_variant(name: str) -> None:
     bert.dense_dot, bert.batched_matmul = ORIGINAL["dense_dot"], ORIGINAL["batched_matmul"]
     bert.matmul_f32, bert.ACTIVATIONS["gelu"] = ORIGINAL["matmul_f32"], ORIGINAL["gelu"]
-    bert.LayerNorm.__call__ = ORIGINAL["layernorm"]
+    bert.LayerNorm.__call__, fused.softmax = ORIGINAL["layernorm"], ORIGINAL["softmax"]
     if name == "autodiff-bf16-backward":
         bert.dense_dot = lambda x, k: jnp.dot(x, k.astype(x.dtype), preferred_element_type=jnp.float32)
         bert.batched_matmul = lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32)
+    elif name == "autodiff-elementwise":
+        bert.ACTIVATIONS["gelu"] = lambda x: jax.nn.gelu(x, approximate=False)
+        fused.softmax, bert.LayerNorm.__call__ = _autodiff_softmax, _autodiff_layernorm
     elif name == "relu":
         bert.ACTIVATIONS["gelu"] = jax.nn.relu
     elif name == "no-layernorm":
@@ -93,7 +111,7 @@ def main() -> int:
         cfg = replace(base, **{"model.dtype": dt})
         graphdef, state = create_state(cfg, mesh)
         variants = ["baseline"] + (["autodiff-bf16-backward"] if dt == "bfloat16" else []) + [
-            "relu", "no-layernorm", "no-attention-matmuls", "no-dropout"]
+            "autodiff-elementwise", "relu", "no-layernorm", "no-attention-matmuls", "no-dropout"]
         for v in variants:
             set_variant(v)
             model, _ = nnx.merge(graphdef, state)

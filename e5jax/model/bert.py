@@ -22,12 +22,13 @@ from flax import nnx
 
 from e5jax.errors import E5Error
 from e5jax.model.axes import constrain
+from e5jax.model import fused
 from e5jax.model.dropout import TokenNoise, attention_dropout, hidden_dropout, row_seeds
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
+    "gelu": fused.gelu,  # HF "gelu" is the exact erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
@@ -186,12 +187,7 @@ class LayerNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # Statistics in fp32: bf16 variance loses too much precision.
-        xf = x.astype(jnp.float32)
-        mean = xf.mean(-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(x.dtype)
+        return fused.layer_norm(x, self.scale[...], self.bias[...], self.eps)
 
 
 class Embeddings(nnx.Module):
@@ -244,9 +240,7 @@ class SelfAttention(nnx.Module):
         q = q * jnp.asarray(1.0 / math.sqrt(H // nh), q.dtype)
         # Scores and softmax in fp32; the padding bias is -1e9 (finite, no NaN rows).
         scores = matmul_f32(q, k.swapaxes(-1, -2)) + mask_bias
-        scores = scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True))
-        e = jnp.exp(scores)
-        probs = e / e.sum(-1, keepdims=True)
+        probs = fused.softmax(scores)
         probs = attention_dropout(probs, cfg.attention_probs_dropout_prob, noise, site).astype(x.dtype)
         ctx = matmul_f32(probs, v)
         ctx = ctx.astype(x.dtype).transpose(0, 2, 1, 3).reshape(B, L, H)

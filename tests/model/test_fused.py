@@ -1,0 +1,84 @@
+"""The hand-written backward passes of `e5jax.model.fused` against autodiff of
+the plain formulas they replace (the whole model against transformers:
+test_parity.py; the whole step against the gradient-cached one: tests/train)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from e5jax.model import fused
+
+
+def _plain_softmax(s):
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _plain_layer_norm(x, scale, bias, eps):
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def _check(fn, ref, args, cot, tol):
+    y, vjp = jax.vjp(fn, *args)
+    y_ref, vjp_ref = jax.vjp(ref, *args)
+    assert y.dtype == y_ref.dtype and _rel(y, y_ref) < tol
+    grads, grads_ref = vjp(cot), vjp_ref(cot)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == g_ref.dtype and g.shape == g_ref.shape
+        assert _rel(g, g_ref) < tol, (_rel(g, g_ref), tol)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-6), (jnp.bfloat16, 1e-2)])
+def test_gelu_value_and_grad_match_autodiff_of_the_exact_form(dtype, tol):
+    # Includes the tails, where x·Φ(x) → 0 or x, and exact zeros.
+    x = jnp.asarray(np.concatenate([np.linspace(-9, 9, 721), [0.0, -0.0]]), dtype)
+    cot = jnp.asarray(np.random.default_rng(0).standard_normal(x.shape), dtype)
+    ref = lambda v: jax.nn.gelu(v.astype(jnp.float32), approximate=False).astype(v.dtype)  # noqa: E731
+    _check(fused.gelu, ref, (x,), cot, tol)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax_grad_matches_autodiff(masked):
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal((2, 3, 5, 7)).astype(np.float32) * 4
+    if masked:  # what the encoder feeds it: padding columns carry a -1e9 bias
+        s[..., 5:] += -1e9
+    cot = jnp.asarray(rng.standard_normal(s.shape), jnp.float32)
+    _check(fused.softmax, _plain_softmax, (jnp.asarray(s),), cot, 2e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 1e-2)])
+def test_layer_norm_value_and_grads_match_autodiff(dtype, tol):
+    rng = np.random.default_rng(2)
+    # An offset and a spread like real hidden states, where a careless
+    # formula loses precision.
+    x = jnp.asarray(rng.standard_normal((3, 4, 32)) * 3 + 5, dtype)
+    scale = jnp.asarray(rng.standard_normal(32) + 1, jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(32), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal(x.shape), dtype)
+    _check(lambda a, b, c: fused.layer_norm(a, b, c, 1e-12),
+           lambda a, b, c: _plain_layer_norm(a, b, c, 1e-12), (x, scale, bias), cot, tol)
+
+
+def test_fused_ops_compose_with_jit_remat_and_second_calls():
+    x = jnp.linspace(-3, 3, 64, dtype=jnp.float32).reshape(4, 16)
+    scale, bias = jnp.ones(16), jnp.zeros(16)
+
+    def f(v):
+        return (fused.softmax(fused.gelu(fused.layer_norm(v, scale, bias, 1e-12))) ** 2).sum()
+
+    def f_ref(v):
+        h = _plain_layer_norm(v, scale, bias, 1e-12)
+        return (_plain_softmax(jax.nn.gelu(h, approximate=False)) ** 2).sum()
+
+    g = jax.jit(jax.grad(jax.checkpoint(f)))(x)
+    np.testing.assert_allclose(g, jax.grad(f_ref)(x), rtol=1e-4, atol=1e-7)
