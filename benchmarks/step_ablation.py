@@ -16,8 +16,11 @@ Variants (each changes the model only inside this process):
 * no-layernorm — LayerNorm replaced by its affine part (what normalising costs);
 * no-attention-matmuls — the two attention products replaced by zeros of their shape;
 * no-dropout — the step without a dropout key (what the hash dropout costs).
-Timings are medians of 3 after a compile; the model's numbers are not the point
+Timings are medians over `--repeat` rounds (default 3) after a compile, the
+variants interleaved within each round; the model's numbers are not the point
 of the variants, only their time.
+
+    .venv/bin/python benchmarks/step_ablation.py --dtypes float32 --variants autodiff-elementwise --repeat 9
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ def timed(fn, *args, repeat: int = 3) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--variants", default="", help="comma-separated subset (the baseline always runs)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved timing rounds; medians are reported")
     args = ap.parse_args()
     base = Config(model=ModelConfig(init=str(model_dir())), data=DataConfig(pack=True),
                   mesh=MeshConfig(data=1, fsdp=1, tensor=1), optim=OptimConfig(learning_rate=2e-5, warmup_steps=0),
@@ -112,24 +117,40 @@ def main() -> int:
         graphdef, state = create_state(cfg, mesh)
         variants = ["baseline"] + (["autodiff-bf16-backward"] if dt == "bfloat16" else []) + [
             "autodiff-elementwise", "relu", "no-layernorm", "no-attention-matmuls", "no-dropout"]
+        if args.variants:
+            variants = [v for v in variants if v == "baseline" or v in args.variants.split(",")]
+        # Compile every variant first (each traced with its own swap in place),
+        # then time them in interleaved rounds: on a shared VM the speed drifts
+        # over minutes, and interleaving spreads that drift over all variants.
+        fns = {}
         for v in variants:
             set_variant(v)
             model, _ = nnx.merge(graphdef, state)
             k = None if v == "no-dropout" else key
-            fwd = jax.jit(lambda m, b: plain_loss(m, b, k, cfg, None)[0])
-            fwd_bwd = jax.jit(lambda m, b: nnx.value_and_grad(lambda mm: plain_loss(mm, b, k, cfg, None)[0])(m))
-            line = f"{dt:9s} {v:24s} fwd {timed(fwd, model, batch) * 1e3:7.1f} ms   fwd+bwd " \
-                   f"{timed(fwd_bwd, model, batch) * 1e3:7.1f} ms"
+            fwd = jax.jit(lambda m, b, k=k: plain_loss(m, b, k, cfg, None)[0]).lower(model, batch).compile()
+            fwd_bwd = jax.jit(lambda m, b, k=k: nnx.value_and_grad(
+                lambda mm: plain_loss(mm, b, k, cfg, None)[0])(m)).lower(model, batch).compile()
+            fns[v] = (model, fwd, fwd_bwd)
+        set_variant("baseline")
+        times = {v: ([], []) for v in variants}
+        for _ in range(args.repeat):
+            for v, (model, fwd, fwd_bwd) in fns.items():
+                times[v][0].append(timed(fwd, model, batch, repeat=1))
+                times[v][1].append(timed(fwd_bwd, model, batch, repeat=1))
+        model = fns["baseline"][0]
+        grads = jax.jit(lambda m, b: nnx.grad(lambda mm: plain_loss(mm, b, key, cfg, None)[0])(m))(model, batch)
+
+        @jax.jit
+        def update(s, g):
+            m, o = nnx.merge(graphdef, s)
+            o.update(m, g)
+            return nnx.state((m, o))
+
+        for v in variants:
+            line = f"{dt:9s} {v:24s} fwd {statistics.median(times[v][0]) * 1e3:7.1f} ms   fwd+bwd " \
+                   f"{statistics.median(times[v][1]) * 1e3:7.1f} ms"
             if v == "baseline":
-                grads = jax.jit(lambda m, b: nnx.grad(lambda mm: plain_loss(mm, b, key, cfg, None)[0])(m))(model, batch)
-
-                @jax.jit
-                def update(s, g):
-                    m, o = nnx.merge(graphdef, s)
-                    o.update(m, g)
-                    return nnx.state((m, o))
-
-                line += f"   AdamW update {timed(update, state, grads) * 1e3:6.1f} ms"
+                line += f"   AdamW update {timed(update, state, grads, repeat=args.repeat) * 1e3:6.1f} ms"
             print(line, flush=True)
         set_variant("baseline")
     return 0
