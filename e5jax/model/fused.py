@@ -7,9 +7,10 @@ activations, and jax.nn.gelu's erfc is a piecewise polynomial evaluated
 twice per layer. Each function here writes its derivative as one expression
 over the fewest saved values, so its backward is one or two passes.
 
-They compute the same functions as the plain versions (checked against
-autodiff in tests/test_model.py); only the order of a few fp32 operations
-differs. Measured on the project's 2-core CPU (benchmarks/step_ablation.py,
+They compute the same functions as the plain formulas `softmax_reference`
+and `layer_norm_reference` below and jax.nn.gelu (tests/model/test_fused.py
+checks values and gradients against autodiff of those); only the order of a
+few fp32 operations differs. Measured on the project's 2-core CPU (benchmarks/step_ablation.py,
 MiniLM, 32 packed pairs): see the README's training-step section.
 """
 
@@ -28,7 +29,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # ------------------------------------------------------------------ GELU (erf)
 # HF "gelu" (and torch.nn.functional.gelu) is x·Φ(x) with Φ(x) = (1 + erf(x/√2))/2.
 # jax.nn.gelu(approximate=False) writes it with erfc, whose XLA expansion is a
-# piecewise polynomial about twice the cost of erf's; erf is what torch uses.
+# longer, piecewise polynomial than erf's; erf is what torch uses.
 # Computed in fp32 whatever the input dtype, returned in the input dtype.
 
 
@@ -46,7 +47,7 @@ def gelu(x: jax.Array) -> jax.Array:
 def _gelu_fwd(x):
     # Keep only x: recomputing Φ(x) in the backward is cheaper than storing it,
     # since these passes are bound by memory traffic, not by erf's arithmetic
-    # (measured: ~20 ms per MiniLM step less than saving Φ(x)).
+    # (a scratch A/B of the MiniLM step: ~20 ms less than saving Φ(x)).
     return gelu(x), x
 
 
@@ -63,11 +64,16 @@ gelu.defvjp(_gelu_fwd, _gelu_bwd)
 # --------------------------------------------------------------------- softmax
 
 
+def softmax_reference(s: jax.Array) -> jax.Array:
+    """The plain formula (max-shifted softmax over the last axis), for autodiff."""
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
+    return e / e.sum(-1, keepdims=True)
+
+
 @jax.custom_vjp
 def softmax(s: jax.Array) -> jax.Array:
     """Softmax over the last axis (the caller passes fp32 scores)."""
-    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
-    return e / e.sum(-1, keepdims=True)
+    return softmax_reference(s)
 
 
 def _softmax_fwd(s):
@@ -86,25 +92,28 @@ softmax.defvjp(_softmax_fwd, _softmax_bwd)
 # ------------------------------------------------------------------- LayerNorm
 
 
-def _stats(x32: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+def _normalise(x, scale, bias, eps):
+    """(LayerNorm of x in x's dtype, row means, row 1/std), statistics in fp32."""
+    x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    return mean, jax.lax.rsqrt(var + eps)
+    rstd = jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + eps)
+    return ((x32 - mean) * rstd * scale + bias).astype(x.dtype), mean, rstd
+
+
+def layer_norm_reference(x, scale, bias, eps: float) -> jax.Array:
+    """The plain formula, for autodiff."""
+    return _normalise(x, scale, bias, eps)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
     """LayerNorm over the last axis with fp32 statistics (bf16 variance loses
     too much); scale and bias are fp32, the result has x's dtype."""
-    x32 = x.astype(jnp.float32)
-    mean, rstd = _stats(x32, eps)
-    return ((x32 - mean) * rstd * scale + bias).astype(x.dtype)
+    return layer_norm_reference(x, scale, bias, eps)
 
 
 def _layer_norm_fwd(x, scale, bias, eps):
-    x32 = x.astype(jnp.float32)
-    mean, rstd = _stats(x32, eps)
-    y = ((x32 - mean) * rstd * scale + bias).astype(x.dtype)
+    y, mean, rstd = _normalise(x, scale, bias, eps)
     # Residuals: x itself and two numbers per row; the normalised x is recomputed
     # inside the backward's fused pass rather than stored.
     return y, (x, mean, rstd, scale)

@@ -1,5 +1,5 @@
 """The hand-written backward passes of `e5jax.model.fused` against autodiff of
-the plain formulas they replace (the whole model against transformers:
+the plain formulas they replace (jax.nn.gelu and the module's `*_reference`) (the whole model against transformers:
 test_parity.py; the whole step against the gradient-cached one: tests/train)."""
 
 import jax
@@ -8,18 +8,6 @@ import numpy as np
 import pytest
 
 from e5jax.model import fused
-
-
-def _plain_softmax(s):
-    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))
-    return e / e.sum(-1, keepdims=True)
-
-
-def _plain_layer_norm(x, scale, bias, eps):
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    return ((xf - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
 
 
 def _rel(a, b):
@@ -53,7 +41,9 @@ def test_softmax_grad_matches_autodiff(masked):
     if masked:  # what the encoder feeds it: padding columns carry a -1e9 bias
         s[..., 5:] += -1e9
     cot = jnp.asarray(rng.standard_normal(s.shape), jnp.float32)
-    _check(fused.softmax, _plain_softmax, (jnp.asarray(s),), cot, 2e-6)
+    _check(fused.softmax, fused.softmax_reference, (jnp.asarray(s),), cot, 2e-6)
+    e = np.exp(s.astype(np.float64) - s.max(-1, keepdims=True))  # the value, independently
+    np.testing.assert_allclose(fused.softmax(jnp.asarray(s)), e / e.sum(-1, keepdims=True), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 1e-2)])
@@ -66,10 +56,14 @@ def test_layer_norm_value_and_grads_match_autodiff(dtype, tol):
     bias = jnp.asarray(rng.standard_normal(32), jnp.float32)
     cot = jnp.asarray(rng.standard_normal(x.shape), dtype)
     _check(lambda a, b, c: fused.layer_norm(a, b, c, 1e-12),
-           lambda a, b, c: _plain_layer_norm(a, b, c, 1e-12), (x, scale, bias), cot, tol)
+           lambda a, b, c: fused.layer_norm_reference(a, b, c, 1e-12), (x, scale, bias), cot, tol)
+    x64 = np.asarray(x, np.float64)  # the value, independently
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-12) * np.asarray(scale) \
+        + np.asarray(bias)
+    assert _rel(fused.layer_norm(x, scale, bias, 1e-12), want) < tol
 
 
-def test_fused_ops_compose_with_jit_remat_and_second_calls():
+def test_fused_ops_compose_under_jit_grad_and_remat():
     x = jnp.linspace(-3, 3, 64, dtype=jnp.float32).reshape(4, 16)
     scale, bias = jnp.ones(16), jnp.zeros(16)
 
@@ -77,8 +71,8 @@ def test_fused_ops_compose_with_jit_remat_and_second_calls():
         return (fused.softmax(fused.gelu(fused.layer_norm(v, scale, bias, 1e-12))) ** 2).sum()
 
     def f_ref(v):
-        h = _plain_layer_norm(v, scale, bias, 1e-12)
-        return (_plain_softmax(jax.nn.gelu(h, approximate=False)) ** 2).sum()
+        h = fused.layer_norm_reference(v, scale, bias, 1e-12)
+        return (fused.softmax_reference(jax.nn.gelu(h, approximate=False)) ** 2).sum()
 
     g = jax.jit(jax.grad(jax.checkpoint(f)))(x)
     np.testing.assert_allclose(g, jax.grad(f_ref)(x), rtol=1e-4, atol=1e-7)
