@@ -63,6 +63,9 @@ class DataConfig:
     num_buckets: int = 4  # pad to one of this many lengths up to the max (few compiled shapes)
     pack: bool = False  # pack several texts per row of max length (no padding computed; data/packing.py)
     pack_row_step: int = 0  # packed row counts round up to a multiple of this; 0 = a power of two <= rows/16
+    # "joint": all towers' texts share the packed rows (a query fills a passage row's gap; one encoder
+    # pass); "separate": each tower in rows of its own max length; "auto": joint when the max lengths match.
+    pack_towers: str = "auto"
     num_hard_negatives: int = 0  # hard negatives per query (fine-tuning); 0 = in-batch only
     one_source_per_batch: bool = False  # draw each batch from a single source
     shuffle_seed: int = 0  # deterministic shuffle (same seed -> same batches)
@@ -75,6 +78,15 @@ class DataConfig:
             raise E5Error("data.num_buckets must be >= 1")
         if self.pack_row_step < 0:
             raise E5Error("data.pack_row_step must be >= 0 (0 = automatic)")
+        if self.pack_towers not in ("auto", "joint", "separate"):
+            raise E5Error(f"data.pack_towers must be 'auto', 'joint' or 'separate', got {self.pack_towers!r}")
+
+    @property
+    def pack_joint(self) -> bool:
+        """Whether packed towers share rows (`pack_towers`, resolved)."""
+        if self.pack_towers == "auto":
+            return self.max_query_length == self.max_passage_length
+        return self.pack_towers == "joint"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ pooled embeddings come back in batch order by a reshape.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -77,6 +77,45 @@ def balanced_order(lengths: Sequence[int], blocks: int, groups: int) -> np.ndarr
     return order
 
 
+def _pack_groups(group_texts: Sequence[Sequence[Sequence[int]]], pack_len: int, pad_id: int,
+                 row_step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each group's texts (in slot order) packed on its own: ids, segment ids
+    (1 + slot), positions, all [G, R, pack_len] with R the most rows any group needs."""
+    plans = [first_fit_decreasing([len(t) for t in texts], pack_len) for texts in group_texts]
+    need = max(len(p) for p in plans)
+    step = row_step or default_row_step(need)
+    rows = -(-need // step) * step
+    G = len(group_texts)
+    ids = np.full((G, rows, pack_len), pad_id, np.int32)
+    seg = np.zeros((G, rows, pack_len), np.int32)
+    pos = np.zeros((G, rows, pack_len), np.int32)
+    for g, plan in enumerate(plans):
+        for r, members in enumerate(plan):
+            at = 0
+            for i in sorted(members):  # within a row, texts in slot order
+                t = group_texts[g][i]
+                ids[g, r, at:at + len(t)] = t
+                seg[g, r, at:at + len(t)] = i + 1
+                pos[g, r, at:at + len(t)] = np.arange(len(t))
+                at += len(t)
+    return ids, seg, pos
+
+
+def _slot_order(token_rows: Sequence[Sequence[int]], groups: int, blocks: int, what: str):
+    """(texts in slot order, their lengths, the `order` array or None) for one tower."""
+    n = len(token_rows)
+    if groups < 1 or n % groups or (blocks and (groups % blocks or n % blocks)):
+        raise ValueError(f"{n} {what} cannot be split into {groups} equal packing groups over {blocks or 1} blocks")
+    lengths = [len(r) for r in token_rows]
+    if not (blocks and groups > blocks):
+        return list(token_rows), lengths, None
+    order = balanced_order(lengths, blocks, groups)
+    per_block = n // blocks
+    slot_text = order + np.repeat(np.arange(blocks) * per_block, per_block)
+    return ([token_rows[i] for i in slot_text], [lengths[i] for i in slot_text],
+            order.astype(np.int32).reshape(blocks, -1))  # [blocks, N / blocks]: shards like the rows
+
+
 def pack(
     token_rows: Sequence[Sequence[int]], *, groups: int, pack_len: int, pad_id: int, row_step: int = 0,
     blocks: int = 0,
@@ -91,37 +130,45 @@ def pack(
     [blocks, N / blocks] then says which text of its block each slot holds
     (slots in group order: group g holds slots g*b .. g*b+b-1); ``lengths`` is
     in slot order too."""
-    n = len(token_rows)
-    if groups < 1 or n % groups or (blocks and (groups % blocks or n % blocks)):
-        raise ValueError(f"{n} texts cannot be split into {groups} equal packing groups over {blocks or 1} blocks")
-    b = n // groups
-    lengths = [len(r) for r in token_rows]
-    order = None
-    if blocks and groups > blocks:
-        order = balanced_order(lengths, blocks, groups)
-        per_block = n // blocks
-        slot_text = order + np.repeat(np.arange(blocks) * per_block, per_block)
-        token_rows = [token_rows[i] for i in slot_text]
-        lengths = [lengths[i] for i in slot_text]
-    plans = [first_fit_decreasing(lengths[g * b:(g + 1) * b], pack_len) for g in range(groups)]
-    need = max(len(p) for p in plans)
-    step = row_step or default_row_step(need)
-    rows = -(-need // step) * step
-    ids = np.full((groups, rows, pack_len), pad_id, np.int32)
-    seg = np.zeros((groups, rows, pack_len), np.int32)
-    pos = np.zeros((groups, rows, pack_len), np.int32)
-    for g, plan in enumerate(plans):
-        for r, members in enumerate(plan):
-            at = 0
-            for i in sorted(members):  # within a row, texts in batch order
-                t = token_rows[g * b + i]
-                ids[g, r, at:at + len(t)] = t
-                seg[g, r, at:at + len(t)] = i + 1
-                pos[g, r, at:at + len(t)] = np.arange(len(t))
-                at += len(t)
+    texts, lengths, order = _slot_order(token_rows, groups, blocks, "texts")
+    b = len(texts) // groups
+    ids, seg, pos = _pack_groups([texts[g * b:(g + 1) * b] for g in range(groups)], pack_len, pad_id, row_step)
     out = dict(input_ids=ids, segment_ids=seg, positions=pos, lengths=np.asarray(lengths, np.int32))
-    if order is not None:  # [blocks, N / blocks]: its leading dim shards like the rows'
-        out["order"] = order.astype(np.int32).reshape(blocks, -1)
+    if order is not None:
+        out["order"] = order
+    return out
+
+
+JOINT = "joint"  # key prefix of the arrays that hold several towers' texts (`pack_towers`)
+
+
+def pack_towers(
+    towers: Mapping[str, Sequence[Sequence[int]]], *, groups: int, pack_len: int, pad_id: int, row_step: int = 0,
+    blocks: int = 0,
+) -> dict[str, np.ndarray]:
+    """Pack several towers' texts *together*: group g holds, tower after tower
+    (in `towers`' order), each tower's b_t = N_t / G texts of that group, so a
+    short query fills the room a passage left in its row and both towers run
+    through the encoder as one set of rows (the towers share the encoder).
+
+    Returns ``joint_input_ids`` / ``joint_segment_ids`` / ``joint_positions``
+    [G, R, pack_len] — a segment id is 1 + the text's slot in its group, the
+    slots of tower t being offset by the b of the towers before it — and, per
+    tower, ``{t}_lengths`` [N_t] and (with `blocks`, as in `pack`) ``{t}_order``.
+    On 32 Debian (short, long) pairs at 128 tokens this computes 1.02x the real
+    tokens against 1.06x for towers packed apart (1.12x against 1.26x in 4
+    gradient-cache chunks)."""
+    out: dict[str, np.ndarray] = {}
+    per_tower = []
+    for name, rows in towers.items():
+        texts, lengths, order = _slot_order(rows, groups, blocks, f"{name} texts")
+        per_tower.append((texts, len(texts) // groups))
+        out[f"{name}_lengths"] = np.asarray(lengths, np.int32)
+        if order is not None:
+            out[f"{name}_order"] = order
+    group_texts = [[t for texts, b in per_tower for t in texts[g * b:(g + 1) * b]] for g in range(groups)]
+    ids, seg, pos = _pack_groups(group_texts, pack_len, pad_id, row_step)
+    out.update({f"{JOINT}_input_ids": ids, f"{JOINT}_segment_ids": seg, f"{JOINT}_positions": pos})
     return out
 
 

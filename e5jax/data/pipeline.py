@@ -6,7 +6,8 @@
             └─ (optional) one stream per source, mixed batch by batch
                └─ batch of raw records (drop_remainder: every host, every step, same b)
                   └─ TokenizeBatch: prefixes, HF tokenizer, pad to a bucket length
-                     (or, with `cfg.pack`, pack several texts per row: packing.py)
+                     (or, with `cfg.pack`, pack several texts per row, all towers
+                     in shared rows when `cfg.pack_joint`: packing.py)
 
 Everything after the source is a grain transformation, so the iterator's
 position is a small JSON state (`get_state` / `set_state`) that the train loop
@@ -121,6 +122,23 @@ class HasNegatives(grain.transforms.Filter):
         return "negatives" not in record or len(record["negatives"]) > 0
 
 
+def pack_tokens(towers: dict[str, list[list[int]]], cfg: DataConfig, *, groups: int, blocks: int = 0,
+                pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Tokenised towers ({"query": ids, "passage": ids, ...}) -> the packed arrays
+    the train step reads: together in shared rows (`packing.pack_towers`, keys
+    `joint_*`) when `cfg.pack_joint`, else each tower in rows of its own max length."""
+    if cfg.pack_joint:
+        return packing.pack_towers(towers, groups=groups, pack_len=max(cfg.max_query_length, cfg.max_passage_length),
+                                   pad_id=pad_id, row_step=cfg.pack_row_step, blocks=blocks)
+    out = {}
+    for tower, ids in towers.items():
+        max_length = cfg.max_query_length if tower == "query" else cfg.max_passage_length
+        packed = packing.pack(ids, groups=groups, pack_len=max_length, pad_id=pad_id, row_step=cfg.pack_row_step,
+                              blocks=blocks)
+        out.update({f"{tower}_{k}": v for k, v in packed.items()})
+    return out
+
+
 class TokenizeBatch(grain.transforms.Map):
     """A list of records -> the model's numpy batch (see module docstring)."""
 
@@ -137,32 +155,31 @@ class TokenizeBatch(grain.transforms.Map):
         ids = self._tok(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
         return pad_to_bucket(ids, buckets, self._pad)
 
-    def _tower(self, out: dict, tower: str, texts: list[str], max_length: int, buckets) -> None:
-        """Padded: `{tower}_input_ids` / `_attention_mask` [N, L]; packed: packing.pack's arrays."""
+    def _tower(self, out: dict, pending: dict, tower: str, texts: list[str], max_length: int, buckets) -> None:
+        """Padded: `{tower}_input_ids` / `_attention_mask` [N, L]; packed: the token
+        ids, kept until `map` packs every tower (`pack_tokens`)."""
         if not self._cfg.pack:
             out[f"{tower}_input_ids"], out[f"{tower}_attention_mask"] = self._encode(texts, max_length, buckets)
             return
-        ids = self._tok(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
-        packed = packing.pack(ids, groups=self._groups, pack_len=max_length, pad_id=self._pad,
-                              row_step=self._cfg.pack_row_step, blocks=self._blocks)
-        out.update({f"{tower}_{k}": v for k, v in packed.items()})
+        pending[tower] = self._tok(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
 
     def map(self, batch: list[dict]) -> dict[str, np.ndarray]:
         cfg = self._cfg
         passages = [r["passage"] if "passage" in r else r["positive"] for r in batch]
         out = {}
-        self._tower(out, "query", [cfg.query_prefix + r["query"] for r in batch], cfg.max_query_length,
+        pending: dict[str, list[list[int]]] = {}  # packed towers' token ids (local: map runs in threads)
+        self._tower(out, pending, "query", [cfg.query_prefix + r["query"] for r in batch], cfg.max_query_length,
                     self._q_buckets)
-        self._tower(out, "passage", [cfg.passage_prefix + p for p in passages], cfg.max_passage_length,
+        self._tower(out, pending, "passage", [cfg.passage_prefix + p for p in passages], cfg.max_passage_length,
                     self._p_buckets)
         out["passage_key"] = np.asarray([text_key(p) for p in passages], np.int32)
         if "negatives" not in batch[0]:
-            return out
+            return self._packed(out, pending)
         k = cfg.num_hard_negatives
         picks = [pick_negatives(len(r["negatives"]), k) for r in batch]
         if k:
             negs = [r["negatives"][i] for r, p in zip(batch, picks) for i in p]
-            self._tower(out, "negative", [cfg.passage_prefix + n for n in negs], cfg.max_passage_length,
+            self._tower(out, pending, "negative", [cfg.passage_prefix + n for n in negs], cfg.max_passage_length,
                         self._p_buckets)
             if not cfg.pack:
                 for f in ("input_ids", "attention_mask"):
@@ -174,6 +191,12 @@ class TokenizeBatch(grain.transforms.Map):
             if ts.size:  # [positive, negatives...] -> [positive, picked negatives]
                 scores[row] = ts[[0] + [1 + i for i in p]]
         out["teacher_scores"] = scores
+        return self._packed(out, pending)
+
+    def _packed(self, out: dict, pending: dict) -> dict:
+        if self._cfg.pack:
+            out.update(pack_tokens(pending, self._cfg, groups=self._groups, blocks=self._blocks,
+                                   pad_id=self._pad))
         return out
 
 

@@ -15,8 +15,10 @@ both variants — and any chunk size — see identical dropout masks.
 
 Towers arrive padded (`{tower}_input_ids` / `_attention_mask` [N, L]) or
 packed (`{tower}_input_ids` / `_segment_ids` / `_positions` [G, R, P] plus
-`_lengths` [N], see `e5jax.data.packing`); a packed tower's text i has the
-same dropout masks, hence the same embedding, as padded.
+`_lengths` [N], see `e5jax.data.packing`), or packed together (`joint_*`
+[G, R, P] holding every tower's texts, plus each tower's `_lengths`: one
+encoder pass for all towers); a packed text i has the same dropout masks,
+hence the same embedding, as padded.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from e5jax.config import Config
+from e5jax.data.packing import JOINT
 from e5jax.loss import e5_loss, student_list_scores
 from e5jax.model import axes as ax
 from e5jax.model.dropout import row_seeds
@@ -47,7 +50,12 @@ def row_keys(step_key: jax.Array | None, tower: str, rows: jax.Array) -> jax.Arr
 
 
 def is_packed(batch: Batch, tower: str) -> bool:
-    return f"{tower}_segment_ids" in batch
+    return f"{tower}_lengths" in batch
+
+
+def is_joint(batch: Batch) -> bool:
+    """Whether the packed towers share rows (`packing.pack_towers`)."""
+    return f"{JOINT}_segment_ids" in batch
 
 
 def num_texts(batch: Batch, tower: str) -> int:
@@ -58,7 +66,8 @@ def num_texts(batch: Batch, tower: str) -> int:
 
 
 def _towers(batch: Batch) -> list[str]:
-    return ["query", "passage"] + (["negative"] if "negative_input_ids" in batch else [])
+    neg = "negative_input_ids" in batch or "negative_lengths" in batch
+    return ["query", "passage"] + (["negative"] if neg else [])
 
 
 def _seeds(step_key, tower: str, rows: jax.Array):
@@ -67,8 +76,8 @@ def _seeds(step_key, tower: str, rows: jax.Array):
     return None if keys is None else row_seeds(keys).reshape(rows.shape)
 
 
-def _packed(batch: Batch, tower: str):
-    return tuple(batch[f"{tower}_{k}"] for k in ("input_ids", "segment_ids", "positions"))
+def _packed(batch: Batch, prefix: str):
+    return tuple(batch[f"{prefix}_{k}"] for k in ("input_ids", "segment_ids", "positions"))
 
 
 # A packed tower may hold its texts in "slot order" (`packing.balanced_order`):
@@ -118,22 +127,44 @@ def _reshape_neg(emb, batch):
     return emb.reshape(B, emb.shape[0] // B, -1)
 
 
+def embed_packed(model: TextEncoder, batch: Batch, towers: list[str], step_key) -> dict[str, jax.Array]:
+    """Embeddings [N_t, H] in batch order of the towers packed in one set of rows:
+    one tower's own (`{tower}_*`) or, with several towers, the shared `joint_*`."""
+    if is_joint(batch) and towers != _towers(batch):
+        raise ValueError(f"towers packed together are embedded together: {_towers(batch)}, not {towers}")
+    ids, seg, pos = _packed(batch, JOINT if is_joint(batch) else towers[0])
+    G = ids.shape[0]
+    sizes = [num_texts(batch, t) // G for t in towers]  # slots per group, tower after tower
+    seeds = None
+    if step_key is not None:
+        seeds = jnp.concatenate([_seeds(step_key, t, _slot_texts(batch, t).reshape(G, -1)) for t in towers], axis=1)
+    emb = model.encode_packed(ids, seg, pos, sum(sizes), seeds=seeds)  # [G, sum(sizes), H]
+    out, at = {}, 0
+    for t, b in zip(towers, sizes):
+        out[t] = _permute(emb[:, at:at + b].reshape(G * b, -1), batch, t, to_batch=True)
+        at += b
+    return out
+
+
 def embed_tower(model: TextEncoder, batch: Batch, tower: str, step_key) -> jax.Array:
-    """Embeddings [N, H] of one tower, padded or packed, in batch order."""
+    """Embeddings [N, H] of one tower packed on its own or padded, in batch order."""
     n = num_texts(batch, tower)
     if is_packed(batch, tower):
-        ids, seg, pos = _packed(batch, tower)
-        G = ids.shape[0]
-        texts = _slot_texts(batch, tower).reshape(G, -1)
-        emb = model.encode_packed(ids, seg, pos, n // G, seeds=_seeds(step_key, tower, texts))
-        return _permute(emb.reshape(n, -1), batch, tower, to_batch=True)
+        return embed_packed(model, batch, [tower], step_key)[tower]
     ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
     ids, mask = ids.reshape(n, ids.shape[-1]), mask.reshape(n, mask.shape[-1])
     return model(ids, mask, dropout_key=row_keys(step_key, tower, jnp.arange(n)))
 
 
+def embed_all(model: TextEncoder, batch: Batch, step_key) -> dict[str, jax.Array]:
+    """Every tower's embeddings; towers packed together go through the encoder at once."""
+    if is_joint(batch):
+        return embed_packed(model, batch, _towers(batch), step_key)
+    return {t: embed_tower(model, batch, t, step_key) for t in _towers(batch)}
+
+
 def plain_loss(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
-    embs = {t: embed_tower(model, batch, t, step_key) for t in _towers(batch)}
+    embs = embed_all(model, batch, step_key)
     return batch_loss(embs["query"], embs["passage"], _reshape_neg(embs.get("negative"), batch), batch, cfg, mesh)
 
 
@@ -157,49 +188,70 @@ class _PaddedChunks:
     def __init__(self, batch: Batch, tower: str, n: int):
         N = num_texts(batch, tower)
         ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
-        self.n, self.tower = n, tower
+        self.n, self.towers = n, [tower]
         self.inputs = (_chunk(ids.reshape(N, -1), n), _chunk(mask.reshape(N, -1), n), _chunk(jnp.arange(N), n))
 
-    def embed(self, model: TextEncoder, chunk, step_key) -> jax.Array:
+    def embed(self, model: TextEncoder, chunk, step_key) -> tuple[jax.Array, ...]:
         ids, mask, rows = chunk
-        return model(ids, mask, dropout_key=row_keys(step_key, self.tower, rows))
+        return (model(ids, mask, dropout_key=row_keys(step_key, self.towers[0], rows)),)
 
-    def merge(self, e: jax.Array) -> jax.Array:  # [n, N/n, H] -> [N, H]
-        return _unchunk(e)
+    def merge(self, es) -> tuple[jax.Array, ...]:  # ([n, N/n, H],) -> ([N, H],)
+        return (_unchunk(es[0]),)
 
-    def split(self, d: jax.Array) -> jax.Array:  # [N, H] -> [n, N/n, H]
-        return _chunk(d, self.n)
+    def split(self, ds) -> tuple[jax.Array, ...]:  # ([N, H],) -> ([n, N/n, H],)
+        return (_chunk(ds[0], self.n),)
 
 
 class _PackedChunks:
-    """A packed tower of G = D*n groups (device-major: device d holds groups
-    d*n .. d*n+n-1, one per chunk) cut into n chunks of D groups each."""
+    """Towers packed in one set of rows (one tower's own, or `joint_*`) of
+    G = D*n groups (device-major: device d holds groups d*n .. d*n+n-1, one per
+    chunk), cut into n chunks of D groups each."""
 
-    def __init__(self, batch: Batch, tower: str, n: int):
-        N = num_texts(batch, tower)
-        ids = batch[f"{tower}_input_ids"]
+    def __init__(self, batch: Batch, towers: list[str], n: int):
+        prefix = JOINT if is_joint(batch) else towers[0]
+        ids = batch[f"{prefix}_input_ids"]
         G = ids.shape[0]
         if G % n:
-            raise ValueError(f"{tower}: {G} packing groups do not split into {n} gradient-cache chunks")
-        self.n, self.tower, self.D, self.b, self.batch = n, tower, G // n, N // G, batch
+            raise ValueError(f"{prefix}: {G} packing groups do not split into {n} gradient-cache chunks")
+        self.n, self.towers, self.D, self.batch = n, towers, G // n, batch
+        self.sizes = [num_texts(batch, t) // G for t in towers]  # each tower's slots per group
         by_chunk = lambda x: jnp.swapaxes(x.reshape(self.D, n, *x.shape[1:]), 0, 1)  # noqa: E731
-        rows = _slot_texts(batch, tower).reshape(G, self.b)  # each slot's batch index: its dropout seed
-        self.inputs = tuple(by_chunk(x) for x in (*_packed(batch, tower), rows))
+        rows = tuple(_slot_texts(batch, t).reshape(G, b) for t, b in zip(towers, self.sizes))  # dropout seeds
+        self.inputs = tuple(by_chunk(x) for x in (*_packed(batch, prefix), *rows))
 
-    def embed(self, model: TextEncoder, chunk, step_key) -> jax.Array:
-        ids, seg, pos, rows = chunk
-        emb = model.encode_packed(ids, seg, pos, self.b, seeds=_seeds(step_key, self.tower, rows))
-        return emb.reshape(self.D * self.b, -1)
+    def embed(self, model: TextEncoder, chunk, step_key) -> tuple[jax.Array, ...]:
+        ids, seg, pos, *rows = chunk
+        seeds = None
+        if step_key is not None:
+            seeds = jnp.concatenate([_seeds(step_key, t, r) for t, r in zip(self.towers, rows)], axis=1)
+        emb = model.encode_packed(ids, seg, pos, sum(self.sizes), seeds=seeds)  # [D, sum(sizes), H]
+        out, at = [], 0
+        for b in self.sizes:
+            out.append(emb[:, at:at + b].reshape(self.D * b, -1))
+            at += b
+        return tuple(out)
 
-    def merge(self, e: jax.Array) -> jax.Array:  # [n, D*b, H] -> [N, H] in batch order
-        e = e.reshape(self.n, self.D, self.b, -1)
-        e = jnp.swapaxes(e, 0, 1).reshape(self.n * self.D * self.b, -1)
-        return _permute(e, self.batch, self.tower, to_batch=True)
+    def merge(self, es) -> tuple[jax.Array, ...]:  # per tower [n, D*b, H] -> [N, H] in batch order
+        out = []
+        for t, b, e in zip(self.towers, self.sizes, es):
+            e = jnp.swapaxes(e.reshape(self.n, self.D, b, -1), 0, 1).reshape(self.n * self.D * b, -1)
+            out.append(_permute(e, self.batch, t, to_batch=True))
+        return tuple(out)
 
-    def split(self, d: jax.Array) -> jax.Array:  # the inverse of merge
-        d = _permute(d, self.batch, self.tower, to_batch=False)
-        d = jnp.swapaxes(d.reshape(self.D, self.n, self.b, -1), 0, 1)
-        return d.reshape(self.n, self.D * self.b, -1)
+    def split(self, ds) -> tuple[jax.Array, ...]:  # the inverse of merge
+        out = []
+        for t, b, d in zip(self.towers, self.sizes, ds):
+            d = _permute(d, self.batch, t, to_batch=False)
+            out.append(jnp.swapaxes(d.reshape(self.D, self.n, b, -1), 0, 1).reshape(self.n, self.D * b, -1))
+        return tuple(out)
+
+
+def _chunkers(batch: Batch, n: int) -> list:
+    """One chunker per set of rows: all towers at once when packed together."""
+    names = _towers(batch)
+    if is_joint(batch):
+        return [_PackedChunks(batch, names, n)]
+    return [_PackedChunks(batch, [t], n) if is_packed(batch, t) else _PaddedChunks(batch, t, n) for t in names]
 
 
 def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
@@ -211,36 +263,50 @@ def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: 
     that chunk's activations held while the loss is computed."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n = num_texts(batch, "query") // cfg.train.grad_cache_chunk
-    names = _towers(batch)
-    towers = [(_PackedChunks if is_packed(batch, t) else _PaddedChunks)(batch, t, n) for t in names]
+    chunkers = _chunkers(batch, n)
+    names = [t for c in chunkers for t in c.towers]  # the order of the flat embedding tuples below
     keep = cfg.train.grad_cache_keep_last
     n_head = n - 1 if keep else n  # chunks that are embedded twice
 
-    def embed(prm, chunks):  # one chunk of every tower
-        return tuple(tower.embed(nnx.merge(graphdef, prm, rest), c, step_key) for tower, c in zip(towers, chunks))
+    def embed(prm, chunks):  # one chunk of every set of rows -> a flat tuple, one per tower
+        m = nnx.merge(graphdef, prm, rest)
+        return tuple(e for c, cs in zip(chunkers, chunks) for e in c.embed(m, cs, step_key))
 
-    head = tuple(jax.tree.map(lambda x: x[:n_head], tower.inputs) for tower in towers)
+    def per_chunker(flat):  # flat per-tower tuple -> one tuple per chunker
+        out, at = [], 0
+        for c in chunkers:
+            out.append(tuple(flat[at:at + len(c.towers)]))
+            at += len(c.towers)
+        return out
+
+    head = tuple(jax.tree.map(lambda x: x[:n_head], c.inputs) for c in chunkers)
 
     # Pass 1: embeddings of the head chunks with no activations kept (the scan
     # body is not differentiated); the kept last chunk's with its VJP.
-    parts = [[] for _ in towers]
+    parts = [[] for _ in names]
     if n_head:
         _, e_head = jax.lax.scan(lambda _, cs: (None, embed(params, cs)), None, head)
         for p, e in zip(parts, e_head):
             p.append(e)
     if keep:
-        last = tuple(jax.tree.map(lambda x: x[-1], tower.inputs) for tower in towers)
+        last = tuple(jax.tree.map(lambda x: x[-1], c.inputs) for c in chunkers)
         e_last, vjp_last = jax.vjp(lambda prm: embed(prm, last), params)
         for p, e in zip(parts, e_last):
             p.append(e[None])
-    embs = [tower.merge(jnp.concatenate(p) if len(p) > 1 else p[0]) for tower, p in zip(towers, parts)]
+    stacked = tuple(jnp.concatenate(p) if len(p) > 1 else p[0] for p in parts)
+    embs = dict(zip(names, (e for c, es in zip(chunkers, per_chunker(stacked)) for e in c.merge(es))))
 
     # The loss and its gradient w.r.t. the embeddings, over the global batch.
-    def loss_on(q, p, neg=None):
-        return batch_loss(q, p, _reshape_neg(neg, batch), batch, cfg, mesh)
+    order = _towers(batch)
 
-    (loss, metrics), demb = jax.value_and_grad(loss_on, argnums=tuple(range(len(names))), has_aux=True)(*embs)
-    dsplit = [tower.split(d) for tower, d in zip(towers, demb)]  # [n, ...] per tower
+    def loss_on(*es):
+        e = dict(zip(order, es))
+        return batch_loss(e["query"], e["passage"], _reshape_neg(e.get("negative"), batch), batch, cfg, mesh)
+
+    (loss, metrics), demb = jax.value_and_grad(loss_on, argnums=tuple(range(len(order))), has_aux=True)(
+        *(embs[t] for t in order))
+    demb = dict(zip(order, demb))
+    dsplit = tuple(d for c in chunkers for d in c.split(tuple(demb[t] for t in c.towers)))  # [n, ...] per tower
 
     # Pass 2: the kept chunk's cotangent first (the scan's carry starts from
     # its gradient, so XLA can free its activations before the scan), then

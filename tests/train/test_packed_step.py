@@ -1,31 +1,38 @@
-"""Packed towers give the padded step's loss and gradients: 1 device and 4,
-plain and gradient-cached, with dropout and hard negatives; and a packed
-training run through the real pipeline reports the padded run's losses."""
+"""Packed towers — each in its own rows or all together in shared rows — give
+the padded step's loss and gradients: 1 device and 4, plain and
+gradient-cached, with dropout and hard negatives; and a packed training run
+through the real pipeline (both layouts) reports the padded run's losses."""
 
 import jax
 import numpy as np
 from flax import nnx
 
-from e5jax.data.packing import pack
+from e5jax.data.packing import pack, pack_towers
 from e5jax.model import axes as ax
 from e5jax.train.state import create_state
 from e5jax.train.step import cached_grads, make_train_step, plain_loss
 from tests.train.test_step import _batch, _cfg
 
 
-def to_packed(batch: dict, groups: int, blocks: int = 0) -> dict:
+def to_packed(batch: dict, groups: int, blocks: int = 0, joint: bool = False) -> dict:
     """The same texts as `batch`'s padded towers, packed in `groups` groups
-    (balanced over `blocks` blocks, in slot order, when given)."""
+    (balanced over `blocks` blocks, in slot order, when given), each tower in
+    its own rows or, `joint`, all towers in shared rows."""
     out = {k: v for k, v in batch.items() if not k.endswith(("_input_ids", "_attention_mask"))}
+    towers = {}
     for tower in ("query", "passage", "negative"):
         if f"{tower}_input_ids" not in batch:
             continue
         ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
         L = ids.shape[-1]
         ids, mask = ids.reshape(-1, L), mask.reshape(-1, L)
-        texts = [row[: m.sum()] for row, m in zip(ids, mask)]
-        # rows twice the padded length: several texts share a row
-        packed = pack(texts, groups=groups, pack_len=2 * L, pad_id=0, blocks=blocks)
+        towers[tower] = [row[: m.sum()] for row, m in zip(ids, mask)]
+    L = 2 * batch["passage_input_ids"].shape[-1]  # rows twice the padded length: several texts share a row
+    if joint:
+        out.update(pack_towers(towers, groups=groups, pack_len=L, pad_id=0, blocks=blocks))
+        return out
+    for tower, texts in towers.items():
+        packed = pack(texts, groups=groups, pack_len=L, pad_id=0, blocks=blocks)
         out.update({f"{tower}_{k}": v for k, v in packed.items()})
     return out
 
@@ -40,6 +47,11 @@ def test_packed_loss_and_grads_equal_padded_with_dropout_and_negatives(tiny_over
     assert packed["passage_input_ids"].shape[1] < 4  # several texts per row
     balanced = to_packed(padded, groups=4, blocks=1)  # texts spread over the chunks by length
     assert "passage_order" in balanced and not (balanced["passage_order"] == np.arange(16)).all()
+    joint = to_packed(padded, groups=4, blocks=1, joint=True)  # all three towers in shared rows
+    assert joint["joint_input_ids"].shape[1] < (packed["query_input_ids"].shape[1]
+                                                + packed["passage_input_ids"].shape[1]
+                                                + packed["negative_input_ids"].shape[1])
+    assert {"query_order", "passage_order", "negative_order"} <= set(joint) and "passage_input_ids" not in joint
     key = jax.random.key(3)
 
     def grads(fn, batch):
@@ -49,7 +61,8 @@ def test_packed_loss_and_grads_equal_padded_with_dropout_and_negatives(tiny_over
     plain = lambda m, b: nnx.value_and_grad(lambda mm: plain_loss(mm, b, key, cfg, None), has_aux=True)(m)  # noqa
     cached = lambda m, b: cached_grads(m, b, key, cfg, None)  # noqa: E731
     ref = grads(plain, padded)
-    for got in (grads(plain, packed), grads(cached, packed), grads(plain, balanced), grads(cached, balanced)):
+    for got in (grads(plain, packed), grads(cached, packed), grads(plain, balanced), grads(cached, balanced),
+                grads(plain, joint), grads(cached, joint)):
         np.testing.assert_allclose(got[0], ref[0], atol=1e-5)
         assert got[1] == ref[1]
         for k in ref[2]:
@@ -62,7 +75,10 @@ def test_packed_cached_step_on_4_devices_equals_padded_step_on_1(tiny_overrides)
     for name, chunk, ndev, batch in (("padded 1 device", 0, 1, padded),
                                      ("packed 4 devices", 0, 4, to_packed(padded, groups=4)),
                                      ("packed cached 4 devices", 8, 4, to_packed(padded, groups=8)),
-                                     ("balanced cached 4 devices", 8, 4, to_packed(padded, groups=8, blocks=4))):
+                                     ("balanced cached 4 devices", 8, 4, to_packed(padded, groups=8, blocks=4)),
+                                     ("joint 4 devices", 0, 4, to_packed(padded, groups=4, joint=True)),
+                                     ("joint cached 4 devices", 8, 4,
+                                      to_packed(padded, groups=8, blocks=4, joint=True))):
         cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16,
                                       "optim.learning_rate": 2e-5})
         mesh = ax.make_mesh(cfg.mesh, jax.devices()[:ndev])
@@ -85,13 +101,15 @@ def test_packed_training_run_reports_the_padded_runs_losses(tmp_path, tiny_overr
     from e5jax.train.loop import train
 
     losses = {}
-    for pack_on in (False, True):
+    for layout in ("padded", "joint", "separate"):
         cfg = load_config("configs/tiny_pretrain.py", tiny_overrides)
-        cfg = replace(cfg, **{"data.pack": pack_on, "train.steps": 3, "train.batch_size": 16,
+        cfg = replace(cfg, **{"data.pack": layout != "padded", "data.pack_towers": layout if layout != "padded"
+                              else "auto", "train.steps": 3, "train.batch_size": 16,
                               "train.grad_cache_chunk": 8, "train.eval_every": 0, "train.log_every": 1})
-        workdir = tmp_path / f"pack_{pack_on}"
+        workdir = tmp_path / layout
         train(cfg, str(workdir), log=lambda s: None)
         rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-        losses[pack_on] = [r["loss"] for r in rows if r["split"] == "train"]
-    assert len(losses[True]) == 3
-    np.testing.assert_allclose(losses[True], losses[False], atol=1e-4)
+        losses[layout] = [r["loss"] for r in rows if r["split"] == "train"]
+    assert len(losses["joint"]) == 3
+    np.testing.assert_allclose(losses["joint"], losses["padded"], atol=1e-4)
+    np.testing.assert_allclose(losses["separate"], losses["padded"], atol=1e-4)
