@@ -40,7 +40,7 @@ from common import ROOT, model_dir, pairs
 sys.path.insert(0, str(ROOT))
 
 from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from e5jax.data.packing import pack  # noqa: E402
+from e5jax.data.pipeline import pack_tokens  # noqa: E402
 from e5jax.model import axes as ax  # noqa: E402
 from e5jax.model import bert, fused  # noqa: E402
 from e5jax.train.state import create_state, load_tokenizer  # noqa: E402
@@ -94,10 +94,10 @@ def main() -> int:
     tok = load_tokenizer(base)
     ps = pairs(32)
     batch = {"passage_key": np.arange(32, dtype=np.int32)}
-    for tower, texts in (("query", [q for q, _ in ps]), ("passage", [p for _, p in ps])):
-        ids = tok(texts, truncation=True, max_length=128)["input_ids"]
-        batch.update({f"{tower}_{k}": v for k, v in pack(ids, groups=1, pack_len=128, pad_id=0).items()})
-    print(f"packed rows: query {batch['query_input_ids'].shape[1]}, passage {batch['passage_input_ids'].shape[1]} "
+    towers = {t: tok(texts, truncation=True, max_length=128)["input_ids"]
+              for t, texts in (("query", [q for q, _ in ps]), ("passage", [p for _, p in ps]))}
+    batch.update(pack_tokens(towers, base.data, groups=1))  # queries and passages in shared rows
+    print(f"packed rows: {batch['joint_input_ids'].shape[1]} (queries and passages together) "
           f"x 128 tokens; real tokens {int(batch['query_lengths'].sum() + batch['passage_lengths'].sum())}")
     key = jax.random.key(0)
     mesh = ax.make_mesh(base.mesh, jax.devices()[:1])

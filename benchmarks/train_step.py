@@ -7,8 +7,10 @@
 Sections (each peer runs in its own subprocess, so peak RSS is per peer):
 
 * mnrl      — all-MiniLM-L6-v2, 32 real (short, long) Debian pairs per step,
-              max 128 tokens, AdamW: e5jax (fp32 padded, fp32 packed, bf16
-              packed) vs `MultipleNegativesRankingLoss` (torch fp32, its default).
+              max 128 tokens, AdamW: e5jax (fp32 padded, fp32 packed with each
+              tower in its own rows, fp32 and bf16 packed with queries and
+              passages sharing rows — the default) vs
+              `MultipleNegativesRankingLoss` (torch fp32, its default).
 * gradcache — gradient caching vs the plain step at equal batch (same
               pairs), e5jax (packed) and sentence-transformers' cached loss.
 * cache     — 1,024 pairs x 64 tokens: e5jax packed gradient-cached step vs
@@ -20,8 +22,10 @@ Sections (each peer runs in its own subprocess, so peak RSS is per peer):
 The e5jax step is the library's: `create_state` + `make_train_step` jitted by
 `loop.jit_steps` (in/out shardings, donation) on a 1-device mesh, from a
 `Config` built here; batches are padded with the pipeline's own
-`pad_to_bucket` or packed with its `packing.pack` (one packing group per
-gradient-cache chunk, as the train loop asks for on one device). Compilation is done ahead of time (`lower().compile()`) and
+`pad_to_bucket` or packed with its `pack_tokens` (one packing group per
+gradient-cache chunk, as the train loop asks for on one device; queries and
+passages in shared rows unless `--pack-towers separate`). Compilation is done
+ahead of time (`lower().compile()`) and
 reported apart from the step time. Both sides train in train mode (dropout
 0.1), temperature 0.05 (= MNRL's scale 20), AdamW lr 2e-5, no prefixes.
 """
@@ -55,8 +59,7 @@ def worker_e5jax(a) -> dict:
     import jax
 
     from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
-    from e5jax.data.packing import pack
-    from e5jax.data.pipeline import bucket_lengths, pad_to_bucket
+    from e5jax.data.pipeline import bucket_lengths, pack_tokens, pad_to_bucket
     from e5jax.model import axes as ax
     from e5jax.model.bert import BertConfig
     from e5jax.train.loop import jit_steps
@@ -69,7 +72,7 @@ def worker_e5jax(a) -> dict:
     cfg = Config(
         model=model,
         data=DataConfig(max_query_length=a.max_len, max_passage_length=a.max_len, num_buckets=a.buckets,
-                        pack=a.pack),
+                        pack=a.pack, pack_towers=a.pack_towers),
         mesh=MeshConfig(data=1, fsdp=1, tensor=1),
         optim=OptimConfig(learning_rate=2e-5, warmup_steps=0, weight_decay=0.01),
         loss=LossConfig(temperature=0.05, block_size=a.block_size),
@@ -84,19 +87,20 @@ def worker_e5jax(a) -> dict:
     host_batches, lengths, real = [], [], []
     for s in range(a.steps):
         qs, ps = _texts(a.batch, s, a.max_len)
-        b = {}
+        b, towers = {}, {}
         for tower, texts in (("query", qs), ("passage", ps)):
             ids = tok(texts, truncation=True, max_length=a.max_len, padding=False)["input_ids"]
-            if a.pack:  # the pipeline's packing: one group per gradient-cache chunk (1 device)
-                groups = a.batch // a.chunk if a.chunk else 1
-                packed = pack(ids, groups=groups, pack_len=a.max_len, pad_id=tok.pad_token_id or 0, blocks=1)
-                b.update({f"{tower}_{k}": v for k, v in packed.items()})
-                lengths += [a.max_len] * (packed["input_ids"].shape[0] * packed["input_ids"].shape[1])
-            else:
+            towers[tower] = ids
+            if not a.pack:
                 b[f"{tower}_input_ids"], b[f"{tower}_attention_mask"] = pad_to_bucket(
                     ids, buckets, tok.pad_token_id or 0)
                 lengths += [b[f"{tower}_input_ids"].shape[1]] * a.batch
             real += [len(x) for x in ids]
+        if a.pack:  # the pipeline's packing: one group per gradient-cache chunk (1 device)
+            groups = a.batch // a.chunk if a.chunk else 1
+            b.update(pack_tokens(towers, cfg.data, groups=groups, blocks=1, pad_id=tok.pad_token_id or 0))
+            for k in (k for k in b if k.endswith("_segment_ids")):  # rows computed, full length each
+                lengths += [a.max_len] * (b[k].shape[0] * b[k].shape[1])
         host_batches.append(b)
     tokenize_s = time.perf_counter() - t0
 
@@ -248,10 +252,12 @@ def section_mnrl(a, peak):
     common = ["--batch", str(batch), "--max-len", "128", "--steps", str(steps), "--warmup", str(warm)]
     st = summarise("sentence-transformers MNRL fp32", run_worker(["st", *common], 3600), batch, peak, MINILM)
     rows = {}
-    for dt, packed in (("float32", False), ("float32", True), ("bfloat16", True)):
-        name = f"{dt} {'packed' if packed else 'padded'}"
-        rows[name] = summarise(f"e5jax {name}", run_worker(["e5jax", *common, "--dtype", dt] + ["--pack"] * packed,
-                                                           3600), batch, peak, MINILM)
+    for dt, layout in (("float32", "padded"), ("float32", "separate"), ("float32", "joint"),
+                       ("bfloat16", "joint")):
+        name = f"{dt} {dict(padded='padded', separate='packed apart', joint='packed')[layout]}"
+        pack = [] if layout == "padded" else ["--pack", "--pack-towers", layout]
+        rows[name] = summarise(f"e5jax {name}", run_worker(["e5jax", *common, "--dtype", dt, *pack], 3600),
+                               batch, peak, MINILM)
     print("  ratio to ST MNRL fp32 (pairs/s): " + "; ".join(
         f"e5jax {name} {r['pairs_s'] / st['pairs_s']:.2f}x" for name, r in rows.items()))
     return dict(st=st, **rows)
@@ -341,6 +347,8 @@ def main() -> int:
     ap.add_argument("--buckets", type=int, default=8, help="pipeline bucket count (8 at 128 = multiples of 16)")
     ap.add_argument("--arch", default="minilm", choices=["minilm", "tiny"])
     ap.add_argument("--pack", action="store_true", help="pack texts into rows (data.pack) instead of padding")
+    ap.add_argument("--pack-towers", default="auto", choices=("auto", "joint", "separate"),
+                    help="data.pack_towers: queries and passages in shared rows (auto = joint here) or apart")
     a = ap.parse_args()
 
     if a.worker:

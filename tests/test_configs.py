@@ -38,6 +38,8 @@ def test_overrides_are_typed_and_round_trip():
     cfg = replace(Config(), **{"train.steps": "7", "optim.learning_rate": "1e-4", "model.remat": "true",
                                "data.query_prefix": "q: "})
     assert (cfg.train.steps, cfg.optim.learning_rate, cfg.model.remat, cfg.data.query_prefix) == (7, 1e-4, True, "q: ")
+    with pytest.raises(E5Error, match="data.pack_towers"):
+        replace(cfg, **{"data.pack_towers": "both"})
     assert from_dict(cfg.to_dict()) == cfg
     with pytest.raises(E5Error, match="train.steps"):
         replace(cfg, **{"train.steps": "1.5"})

@@ -127,7 +127,8 @@ def pack_tokens(towers: dict[str, list[list[int]]], cfg: DataConfig, *, groups: 
     """Tokenised towers ({"query": ids, "passage": ids, ...}) -> the packed arrays
     the train step reads: together in shared rows (`packing.pack_towers`, keys
     `joint_*`) when `cfg.pack_joint`, else each tower in rows of its own max length."""
-    if cfg.pack_joint:
+    if cfg.pack_joint:  # slots tower after tower in the order the train step reads them
+        towers = {t: towers[t] for t in ("query", "passage", "negative") if t in towers}
         return packing.pack_towers(towers, groups=groups, pack_len=max(cfg.max_query_length, cfg.max_passage_length),
                                    pad_id=pad_id, row_step=cfg.pack_row_step, blocks=blocks)
     out = {}

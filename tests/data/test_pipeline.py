@@ -169,3 +169,27 @@ def test_finetune_without_hard_negatives(built_finetune, tokenizer):
     src = load_source(*built_finetune, "train")
     batch = next(_train(src, tokenizer, b=4))
     assert "negative_input_ids" not in batch and batch["teacher_scores"].shape == (4, 1)
+
+
+@pytest.mark.parametrize("max_query_length,pack_towers,joint", [(48, "auto", True), (24, "auto", False),
+                                                                (24, "joint", True), (48, "separate", False)])
+def test_packed_fine_tuning_batches_hold_every_text_once(built_finetune, tokenizer, max_query_length, pack_towers,
+                                                         joint):
+    """Packed towers (together when the max lengths match, or when asked) hold
+    exactly the padded batch's token ids, hard negatives included."""
+    src = load_source(*built_finetune, "train")
+    base = DataConfig(max_query_length=max_query_length, max_passage_length=48, num_hard_negatives=2)
+    packed_cfg = DataConfig(max_query_length=max_query_length, max_passage_length=48, num_hard_negatives=2,
+                            pack=True, pack_towers=pack_towers)
+    padded = next(_train(src, tokenizer, cfg=base, b=4))
+    packed = next(_train(src, tokenizer, cfg=packed_cfg, b=4))
+    assert ("joint_input_ids" in packed) == joint and ("passage_input_ids" in packed) != joint
+    for tower in ("query", "passage", "negative"):
+        ids, mask = padded[f"{tower}_input_ids"], padded[f"{tower}_attention_mask"]
+        want = [row[: m.sum()].tolist() for row, m in zip(ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, ids.shape[-1]))]
+        prefix = "joint" if joint else tower
+        seg, pids = packed[f"{prefix}_segment_ids"][0], packed[f"{prefix}_input_ids"][0]  # one group
+        first = {"query": 0, "passage": 4, "negative": 8}[tower] if joint else 0
+        got = [pids[seg == first + i + 1].tolist() for i in range(len(want))]
+        assert got == want, tower
+        np.testing.assert_array_equal(packed[f"{tower}_lengths"], [len(w) for w in want])

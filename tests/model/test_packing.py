@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from e5jax.data.packing import first_fit_decreasing, pack, pad_rows
+from e5jax.data.packing import first_fit_decreasing, pack, pack_towers, pad_rows
 from e5jax.data.pipeline import pad_to_bucket
 from e5jax.model.bert import BertConfig
 from e5jax.model.dropout import row_seeds
@@ -79,6 +79,30 @@ def test_pack_layout_groups_positions_and_row_step():
         pack(texts, groups=4, pack_len=6, pad_id=0)
 
 
+def test_pack_towers_shares_rows_between_towers_slot_by_slot():
+    rng = np.random.default_rng(3)
+    queries = [[100 + i] * int(k) for i, k in enumerate(rng.integers(1, 6, size=8))]  # short
+    passages = [[200 + i] * int(k) for i, k in enumerate(rng.integers(20, 30, size=8))]  # long
+    out = pack_towers({"query": queries, "passage": passages}, groups=4, pack_len=32, pad_id=0, blocks=2)
+    ids, seg, pos = out["joint_input_ids"], out["joint_segment_ids"], out["joint_positions"]
+    apart = [pack(t, groups=4, pack_len=32, pad_id=0, blocks=2) for t in (queries, passages)]
+    # each passage row has room for a query: together they need the passage rows only
+    assert ids.shape[:2] == apart[1]["input_ids"].shape[:2] and ids.shape[1] < sum(a["input_ids"].shape[1]
+                                                                                  for a in apart)
+    for tower, texts, first_slot, a in (("query", queries, 0, apart[0]), ("passage", passages, 2, apart[1])):
+        np.testing.assert_array_equal(out[f"{tower}_order"], a["order"])  # each tower balanced as apart
+        np.testing.assert_array_equal(out[f"{tower}_lengths"], a["lengths"])
+        slot_text = (out[f"{tower}_order"] + np.arange(2)[:, None] * 4).reshape(-1)
+        for g in range(4):
+            for s in range(2):  # group g: the towers' slots one after the other (2 texts each)
+                where = seg[g] == first_slot + s + 1
+                np.testing.assert_array_equal(ids[g][where], texts[slot_text[g * 2 + s]])
+                np.testing.assert_array_equal(pos[g][where], np.arange(where.sum()))
+    assert (seg <= 4).all() and (ids[seg == 0] == 0).all()
+    with pytest.raises(ValueError, match="passage texts cannot be split"):
+        pack_towers({"query": queries, "passage": passages[:6]}, groups=4, pack_len=32, pad_id=0)
+
+
 CFGS = {
     "bert": BertConfig(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=128, max_position_embeddings=64,
@@ -108,6 +132,14 @@ def test_packed_embeddings_equal_padded(arch, pooling, dropout):
     got = jax.jit(lambda i, s, q, sd: model.encode_packed(i, s, q, n // groups, seeds=sd))(
         p["input_ids"], p["segment_ids"], p["positions"], seeds)
     np.testing.assert_allclose(np.asarray(got).reshape(n, -1), want, atol=2e-6)
+    # the same texts as two towers packed together: each still gets its padded embedding
+    j = pack_towers({"a": texts[:6], "b": texts[6:]}, groups=groups, pack_len=32, pad_id=cfg.pad_token_id)
+    if dropout:
+        seeds = np.concatenate([row_seeds(keys[:6]).reshape(groups, -1), row_seeds(keys[6:]).reshape(groups, -1)], 1)
+    got = jax.jit(lambda i, s, q, sd: model.encode_packed(i, s, q, n // groups, seeds=sd))(
+        j["joint_input_ids"], j["joint_segment_ids"], j["joint_positions"], seeds)
+    got = np.asarray(got)
+    np.testing.assert_allclose(np.concatenate([got[:, :2].reshape(6, -1), got[:, 2:].reshape(6, -1)]), want, atol=2e-6)
     if dropout:  # and dropout really acted
         plain = np.asarray(jax.jit(lambda i, m: model(i, m))(ids, mask))
         assert np.abs(plain - want).max() > 1e-3
