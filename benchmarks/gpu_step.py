@@ -3,7 +3,8 @@
 Two phases, because a GPU lease is short and packing 65,536 texts is host work:
 
     # here (CPU): tokenise and pack 32,768 real pairs the way the pipeline
-    # does, in packing groups of 4,096 (the preset's chunk) and of 1,024
+    # does (`pack_tokens`: queries and passages in shared rows), in packing
+    # groups of 4,096 (the preset's chunk) and of 1,024
     .venv/bin/python benchmarks/gpu_step.py prepare --out .gpu/b4096.npz --tokenizer-out .gpu/tokenizer
     .venv/bin/python benchmarks/gpu_step.py prepare --out .gpu/b1024.npz --chunk 1024
 
@@ -24,7 +25,8 @@ that one running out of memory cannot hide the others (DEFAULT_VARIANTS):
 
 * ``cache:.gpu/b4096.npz:remat``   — the preset as written;
 * ``plain:.gpu/b1024.npz:noremat`` — no gradient caching: the first 1,024-pair
-                                     packing group of each tower;
+                                     packing group (queries and passages share
+                                     the rows, as the pipeline packs them);
 * a 4th field ``at0`` adds `--xla_gpu_autotune_level=0` (no GEMM autotuning).
 
 `--parallel` compiles all variants at once (compilation is host work), then
@@ -39,7 +41,8 @@ Figures (README, "GPU"): one NVIDIA H200, 2026-11-27, with
         --variants cache:.gpu/b4096.npz:remat,cache:.gpu/b4096.npz:remat:at0,cache:.gpu/b1024.npz:remat:at0
 
 gave the preset 8.65 s per step, MFU 17.5% (116 s compile, 24.8 GiB peak); an
-earlier call gave the plain 1,024-pair step MFU 27.6%.
+earlier call gave the plain 1,024-pair step MFU 27.6% (both with each tower packed
+in rows of its own, before the towers shared rows).
 
 `worker --compile-only` compiles one variant for the local backend and prints
 the size of its temporary buffers (check a variant's memory before a lease):
@@ -103,7 +106,7 @@ def preset_config(tokenizer: str, *, batch: int | None = None, chunk: int | None
 def prepare(a) -> None:
     import numpy as np
 
-    from e5jax.data.packing import pack
+    from e5jax.data.pipeline import pack_tokens
     from e5jax.train.state import load_tokenizer
 
     cfg = preset_config(a.tokenizer, batch=a.batch, chunk=a.chunk or None)
@@ -111,18 +114,18 @@ def prepare(a) -> None:
     batch, chunk = cfg.train.batch_size, cfg.train.grad_cache_chunk
     groups = batch // chunk if chunk else 1
     ps = pairs(batch, offset=0)
-    out = {}
     t0 = time.perf_counter()
+    towers = {}
     for tower, prefix, texts, max_len in (
             ("query", "query: ", [q for q, _ in ps], cfg.data.max_query_length),
             ("passage", "passage: ", [p for _, p in ps], cfg.data.max_passage_length)):
-        ids = tok([prefix + t for t in texts], truncation=True, max_length=max_len, padding=False)["input_ids"]
-        packed = pack(ids, groups=groups, pack_len=max_len, pad_id=tok.pad_token_id or 0,
-                      row_step=cfg.data.pack_row_step, blocks=1)
-        for k, v in packed.items():
-            out[f"{tower}_{k}"] = v
-        print(f"{tower}: {len(ids)} texts, {sum(map(len, ids))} real tokens, packed {packed['input_ids'].shape}",
-              flush=True)
+        towers[tower] = tok([prefix + t for t in texts], truncation=True, max_length=max_len,
+                            padding=False)["input_ids"]
+        print(f"{tower}: {len(towers[tower])} texts, {sum(map(len, towers[tower]))} real tokens", flush=True)
+    # the pipeline's packing (queries and passages in shared rows when the preset's lengths match)
+    out = pack_tokens(towers, cfg.data, groups=groups, blocks=1, pad_id=tok.pad_token_id or 0)
+    for k in (k for k in out if k.endswith("_input_ids")):
+        print(f"{k.removesuffix('_input_ids')}: packed {out[k].shape}", flush=True)
     print(f"tokenised and packed in {time.perf_counter() - t0:.1f} s")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     np.savez_compressed(a.out, groups=np.int32(groups), **out)
@@ -140,13 +143,14 @@ def prepare(a) -> None:
 
 
 def _take_groups(arrs: dict, n_groups: int) -> dict:
-    """The first `n_groups` packing groups of each tower (a smaller batch packed the same way)."""
+    """The first `n_groups` packing groups (a smaller batch packed the same way)."""
     out = {}
-    for tower in ("query", "passage"):
-        g_all = arrs[f"{tower}_input_ids"].shape[0]
-        n_txt = arrs[f"{tower}_lengths"].shape[0] // g_all * n_groups
+    for prefix in (k.removesuffix("_segment_ids") for k in list(arrs) if k.endswith("_segment_ids")):
+        g_all = arrs[f"{prefix}_input_ids"].shape[0]
         for k in ("input_ids", "segment_ids", "positions"):
-            out[f"{tower}_{k}"] = arrs[f"{tower}_{k}"][:n_groups]
+            out[f"{prefix}_{k}"] = arrs[f"{prefix}_{k}"][:n_groups]
+    for tower in ("query", "passage"):
+        n_txt = arrs[f"{tower}_lengths"].shape[0] // g_all * n_groups
         out[f"{tower}_lengths"] = arrs[f"{tower}_lengths"][:n_txt]
         if f"{tower}_order" in arrs and n_groups == g_all:
             out[f"{tower}_order"] = arrs[f"{tower}_order"]
@@ -226,8 +230,9 @@ def worker(a) -> dict:
     except Exception:  # memory_stats is backend-specific
         pass
     real = np.concatenate([arrs["query_lengths"], arrs["passage_lengths"]]).tolist()
-    rows = sum(int(np.prod(arrs[f"{t}_input_ids"].shape[:2])) for t in ("query", "passage"))
-    pack_len = arrs["passage_input_ids"].shape[-1]
+    packed = [k for k in arrs if k.endswith("_segment_ids")]  # joint_* or one set per tower
+    rows = sum(int(np.prod(arrs[k].shape[:2])) for k in packed)
+    pack_len = arrs[packed[0]].shape[-1]
     return dict(batch=batch, chunk=cfg.train.grad_cache_chunk, remat=cfg.model.remat,
                 dtype=cfg.model.dtype, times=times, losses=losses, compile_s=compile_s, temp_bytes=temp, real=real,
                 rows=rows, pack_len=int(pack_len), device=str(jax.devices()[0].device_kind),

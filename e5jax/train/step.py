@@ -132,16 +132,26 @@ def embed_packed(model: TextEncoder, batch: Batch, towers: list[str], step_key) 
     one tower's own (`{tower}_*`) or, with several towers, the shared `joint_*`."""
     if is_joint(batch) and towers != _towers(batch):
         raise ValueError(f"towers packed together are embedded together: {_towers(batch)}, not {towers}")
-    ids, seg, pos = _packed(batch, JOINT if is_joint(batch) else towers[0])
-    G = ids.shape[0]
-    sizes = [num_texts(batch, t) // G for t in towers]  # slots per group, tower after tower
+    arrays = _packed(batch, JOINT if is_joint(batch) else towers[0])
+    G = arrays[0].shape[0]
+    slots = [_slot_texts(batch, t).reshape(G, -1) for t in towers]
+    embs = _encode_towers(model, arrays, towers, slots, step_key)
+    return {t: _permute(e, batch, t, to_batch=True) for t, e in zip(towers, embs)}
+
+
+def _encode_towers(model: TextEncoder, arrays, towers: list[str], slots: list[jax.Array], step_key):
+    """One encoder pass over packed rows [G, R, P] holding `towers`' texts, tower
+    after tower in each group (`slots[i]` [G, b_i]: the batch index of each slot,
+    which seeds its dropout) -> per tower [G * b_i, H], in slot order."""
+    ids, seg, pos = arrays
+    sizes = [s.shape[1] for s in slots]
     seeds = None
     if step_key is not None:
-        seeds = jnp.concatenate([_seeds(step_key, t, _slot_texts(batch, t).reshape(G, -1)) for t in towers], axis=1)
+        seeds = jnp.concatenate([_seeds(step_key, t, s) for t, s in zip(towers, slots)], axis=1)
     emb = model.encode_packed(ids, seg, pos, sum(sizes), seeds=seeds)  # [G, sum(sizes), H]
-    out, at = {}, 0
-    for t, b in zip(towers, sizes):
-        out[t] = _permute(emb[:, at:at + b].reshape(G * b, -1), batch, t, to_batch=True)
+    out, at = [], 0
+    for b in sizes:
+        out.append(emb[:, at:at + b].reshape(ids.shape[0] * b, -1))
         at += b
     return out
 
@@ -220,16 +230,8 @@ class _PackedChunks:
         self.inputs = tuple(by_chunk(x) for x in (*_packed(batch, prefix), *rows))
 
     def embed(self, model: TextEncoder, chunk, step_key) -> tuple[jax.Array, ...]:
-        ids, seg, pos, *rows = chunk
-        seeds = None
-        if step_key is not None:
-            seeds = jnp.concatenate([_seeds(step_key, t, r) for t, r in zip(self.towers, rows)], axis=1)
-        emb = model.encode_packed(ids, seg, pos, sum(self.sizes), seeds=seeds)  # [D, sum(sizes), H]
-        out, at = [], 0
-        for b in self.sizes:
-            out.append(emb[:, at:at + b].reshape(self.D * b, -1))
-            at += b
-        return tuple(out)
+        ids, seg, pos, *rows = chunk  # one chunk: D groups
+        return tuple(_encode_towers(model, (ids, seg, pos), self.towers, rows, step_key))
 
     def merge(self, es) -> tuple[jax.Array, ...]:  # per tower [n, D*b, H] -> [N, H] in batch order
         out = []
