@@ -147,7 +147,9 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
         start = 0
 
     if is_main:
-        layout = "packed rows" if cfg.data.pack else "padded to length buckets"
+        layout = "padded to length buckets"
+        if cfg.data.pack:
+            layout = "packed rows, " + ("all towers sharing rows" if cfg.data.pack_joint else "each tower in its own")
         log(f"compute dtype {compute_dtype(cfg)} (model.dtype={cfg.model.dtype}); texts {layout}; "
             f"mesh {dict(mesh.shape)}")
 

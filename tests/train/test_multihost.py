@@ -26,10 +26,11 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", [
     [],  # padded rows, plain step
-    # packed rows + gradient caching: each host packs 4 devices x 2 chunks groups and
-    # the hosts agree on the packed row count every step
-    ["data.pack=true", "train.grad_cache_chunk=8"],
-], ids=["padded", "packed-cached"])
+    # packed rows (queries and passages sharing them, as in the E5 presets) + gradient
+    # caching: each host packs 4 devices x 2 chunks groups and the hosts agree on the
+    # packed row count every step
+    ["data.pack=true", "data.pack_towers=joint", "train.grad_cache_chunk=8"],
+], ids=["padded", "packed-joint-cached"])
 def test_two_processes_train_and_checkpoint(tmp_path, tiny_overrides, layout):
     port = _free_port()
     workdir = tmp_path / "work"
@@ -48,7 +49,7 @@ def test_two_processes_train_and_checkpoint(tmp_path, tiny_overrides, layout):
         assert p.returncode == 0, out[-3000:]
         outs.append(out)
 
-    assert ("texts packed rows" in outs[0]) == bool(layout)
+    assert ("texts packed rows, all towers sharing rows" in outs[0]) == bool(layout)
     pattern = re.compile(r"\[process (\d)\] step (\d)/3 \| loss ([0-9.]+) .*host data crc (\d+)")
     seen = {}
     for out in outs:
