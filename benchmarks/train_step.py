@@ -209,6 +209,24 @@ def run_worker(args: list[str], timeout: int) -> dict:
     return parse_json(p.stdout, "result")
 
 
+def run_rounds(jobs: dict[str, list[str]], rounds: int, timeout: int = 3600) -> dict[str, dict]:
+    """Each job's worker `rounds` times, the jobs interleaved within each round
+    (this VM's speed drifts over minutes; interleaving spreads the drift over all
+    of them). A job's result: its timed steps of every round together, the
+    highest peak RSS, the first round's compile time."""
+    out: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name, args in jobs.items():
+            r = run_worker(args, timeout)
+            if name not in out:
+                out[name] = r
+            else:
+                out[name]["times"] = out[name]["times"] + r["times"]
+                out[name]["losses"] = r["losses"]
+                out[name]["rss_mib"] = max(out[name]["rss_mib"], r["rss_mib"])
+    return out
+
+
 # ============================================================== report
 
 
@@ -248,16 +266,18 @@ def section_mnrl(a, peak):
     steps, warm = (2, 1) if a.quick else (a.steps, 1)
     batch = 32
     print(f"\n== mnrl: {batch} pairs/step, max 128 tokens, all-MiniLM-L6-v2, AdamW; "
-          f"{steps} timed steps on {steps} different batches after {warm} warm-up")
+          f"{steps} timed steps on {steps} different batches after {warm} warm-up"
+          + (f"; {a.rounds} interleaved rounds, medians over all their steps" if a.rounds > 1 else ""))
     common = ["--batch", str(batch), "--max-len", "128", "--steps", str(steps), "--warmup", str(warm)]
-    st = summarise("sentence-transformers MNRL fp32", run_worker(["st", *common], 3600), batch, peak, MINILM)
-    rows = {}
+    names = {"padded": "padded", "separate": "packed apart", "joint": "packed"}
+    jobs = {"st": ["st", *common]}
     for dt, layout in (("float32", "padded"), ("float32", "separate"), ("float32", "joint"),
                        ("bfloat16", "joint")):
-        name = f"{dt} {dict(padded='padded', separate='packed apart', joint='packed')[layout]}"
         pack = [] if layout == "padded" else ["--pack", "--pack-towers", layout]
-        rows[name] = summarise(f"e5jax {name}", run_worker(["e5jax", *common, "--dtype", dt, *pack], 3600),
-                               batch, peak, MINILM)
+        jobs[f"{dt} {names[layout]}"] = ["e5jax", *common, "--dtype", dt, *pack]
+    res = run_rounds(jobs, a.rounds)
+    st = summarise("sentence-transformers MNRL fp32", res.pop("st"), batch, peak, MINILM)
+    rows = {name: summarise(f"e5jax {name}", r, batch, peak, MINILM) for name, r in res.items()}
     print("  ratio to ST MNRL fp32 (pairs/s): " + "; ".join(
         f"e5jax {name} {r['pairs_s'] / st['pairs_s']:.2f}x" for name, r in rows.items()))
     return dict(st=st, **rows)
@@ -266,20 +286,24 @@ def section_mnrl(a, peak):
 def section_gradcache(a, peak):
     steps, warm = (2, 1) if a.quick else (a.steps, 1)
     batch, chunk = 32, 8
-    print(f"\n== gradcache: plain vs cached step at equal batch ({batch} pairs, chunk {chunk}, max 128 tokens)")
+    print(f"\n== gradcache: plain vs cached step at equal batch ({batch} pairs, chunk {chunk}, max 128 tokens)"
+          + (f"; {a.rounds} interleaved rounds, medians over all their steps" if a.rounds > 1 else ""))
     common = ["--batch", str(batch), "--max-len", "128", "--steps", str(steps), "--warmup", str(warm)]
+    jobs = {}
+    for dt in a.dtypes.split(","):
+        jobs[f"{dt} plain"] = ["e5jax", *common, "--dtype", dt, "--pack"]
+        jobs[f"{dt} cached"] = ["e5jax", *common, "--dtype", dt, "--pack", "--chunk", str(chunk)]
+    jobs["st plain"] = ["st", *common]
+    jobs["st cached"] = ["st", *common, "--chunk", str(chunk)]
+    res = run_rounds(jobs, a.rounds)
     out = {}
     for dt in a.dtypes.split(","):
-        plain = summarise(f"e5jax {dt} packed plain", run_worker(["e5jax", *common, "--dtype", dt, "--pack"], 3600),
-                          batch, peak, MINILM)
-        cached = summarise(f"e5jax {dt} packed cached (chunk {chunk})",
-                           run_worker(["e5jax", *common, "--dtype", dt, "--pack", "--chunk", str(chunk)], 3600),
-                           batch, peak, MINILM)
+        plain = summarise(f"e5jax {dt} packed plain", res[f"{dt} plain"], batch, peak, MINILM)
+        cached = summarise(f"e5jax {dt} packed cached (chunk {chunk})", res[f"{dt} cached"], batch, peak, MINILM)
         print(f"  e5jax {dt}: cached / plain step time = {cached['step_s'] / plain['step_s']:.2f}x")
         out[dt] = (plain, cached)
-    stp = summarise("ST MNRL", run_worker(["st", *common], 3600), batch, peak, MINILM)
-    stc = summarise(f"ST CachedMNRL (mini-batch {chunk})", run_worker(["st", *common, "--chunk", str(chunk)], 3600),
-                    batch, peak, MINILM)
+    stp = summarise("ST MNRL", res["st plain"], batch, peak, MINILM)
+    stc = summarise(f"ST CachedMNRL (mini-batch {chunk})", res["st cached"], batch, peak, MINILM)
     print(f"  sentence-transformers: cached / plain step time = {stc['step_s'] / stp['step_s']:.2f}x")
     return out
 
@@ -331,6 +355,8 @@ def main() -> int:
                     help="run only these sections (repeatable); default all")
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 steps: a smoke run")
     ap.add_argument("--steps", type=int, default=4, help="timed steps (mnrl, gradcache)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="mnrl, gradcache: run every engine this many times, interleaved; medians over all steps")
     ap.add_argument("--cache-chunk", type=int, default=128, help="e5jax grad_cache_chunk in the cache section")
     ap.add_argument("--paper-chunk", type=int, default=1024, help="e5jax grad_cache_chunk in the paper section")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="e5jax compute dtypes in gradcache and cache")

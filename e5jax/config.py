@@ -42,12 +42,27 @@ class ModelConfig:
     dtype: str = "auto"  # compute dtype: "float32", "bfloat16", or "auto" = bf16 where native (params stay fp32)
     remat: bool = False  # rematerialise each layer in the backward pass (saves memory)
     dropout: float = -1.0  # override hidden/attention dropout; < 0 keeps the checkpoint's
+    # Packed rows go through the encoder as this many independent blocks of rows; 0 = auto: 2 on
+    # a CPU, where XLA runs the blocks' ops side by side on its cores (many of its element-wise
+    # ops use one core), 1 on accelerators (one stream of ops; bigger matmuls are better there).
+    row_blocks: int = 0
 
     def __post_init__(self):
+        if self.row_blocks < 0:
+            raise E5Error(f"model.row_blocks must be >= 0 (0 = automatic), got {self.row_blocks}")
         if self.pooling not in ("mean", "cls"):
             raise E5Error(f"model.pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise E5Error(f"model.dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+
+
+def resolve_row_blocks(cfg: ModelConfig) -> int:
+    """`cfg.row_blocks`, resolved for the backend the step compiles for."""
+    if cfg.row_blocks:
+        return cfg.row_blocks
+    import jax
+
+    return 2 if jax.default_backend() == "cpu" else 1
 
 
 @dataclass(frozen=True)

@@ -52,23 +52,32 @@ class TextEncoder(nnx.Module):
             emb = hidden[:, 0].astype(jnp.float32)
         return l2_normalize(emb) if self.normalize else emb
 
-    def encode_packed(self, input_ids, segment_ids, positions, texts_per_group: int, *, seeds=None) -> jax.Array:
+    def encode_packed(self, input_ids, segment_ids, positions, texts_per_group: int, *, seeds=None,
+                      row_blocks: int = 1) -> jax.Array:
         """Packed rows [G, R, P] (`e5jax.data.packing`) → embeddings [G, b, H], b = `texts_per_group`.
 
         `seeds` [G, b] uint32: each text's dropout seed (None = no dropout). A
         text's embedding equals what `__call__` gives it alone in a padded row.
+        `row_blocks` > 1 runs each group's rows through the encoder as that many
+        independent blocks (a text never spans rows, so nothing crosses a block):
+        on a CPU, XLA then overlaps the blocks' ops on its cores (`model.row_blocks`).
         """
         G, R, P = input_ids.shape
-        flat = lambda x: x.reshape(G * R, P)  # noqa: E731
         token_seeds = None
         if seeds is not None:  # each token carries its own text's seed (segment 0 = padding, seed unused)
             padded = jnp.concatenate([jnp.zeros((G, 1), jnp.uint32), seeds.astype(jnp.uint32)], axis=1)
-            token_seeds = flat(jnp.take_along_axis(padded, segment_ids.reshape(G, R * P), axis=1))
-        hidden = self.bert(flat(input_ids), None, segment_ids=flat(segment_ids), positions=flat(positions),
-                           dropout_seeds=token_seeds)
+            token_seeds = jnp.take_along_axis(padded, segment_ids.reshape(G, R * P), axis=1).reshape(G, R, P)
+        cuts = np.linspace(0, R, min(max(row_blocks, 1), R) + 1).round().astype(int)
+        hidden = []
+        for lo, hi in zip(cuts[:-1], cuts[1:]):  # rows split within each group: a device keeps its own
+            flat = lambda x: x[:, lo:hi].reshape(G * (hi - lo), P)  # noqa: E731
+            h = self.bert(flat(input_ids), None, segment_ids=flat(segment_ids), positions=flat(positions),
+                          dropout_seeds=None if token_seeds is None else flat(token_seeds))
+            hidden.append(h.reshape(G, (hi - lo) * P, -1))
+        hidden = hidden[0] if len(hidden) == 1 else jnp.concatenate(hidden, axis=1)  # [G, R * P, H]
         # Pool per group: a segment sum over the group's tokens, segment 0 (padding) dropped.
         weight = segment_ids > 0 if self.pooling == "mean" else (segment_ids > 0) & (positions == 0)
-        h = hidden.astype(jnp.float32).reshape(G, R * P, -1) * weight.reshape(G, R * P, 1)
+        h = hidden.astype(jnp.float32) * weight.reshape(G, R * P, 1)
         seg = segment_ids.reshape(G, R * P)
         pool = jax.vmap(lambda x, s: jax.ops.segment_sum(x, s, num_segments=texts_per_group + 1))
         sums = pool(h, seg)[:, 1:]

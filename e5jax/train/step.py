@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from e5jax.config import Config
+from e5jax.config import Config, resolve_row_blocks
 from e5jax.data.packing import JOINT
 from e5jax.loss import e5_loss, student_list_scores
 from e5jax.model import axes as ax
@@ -127,19 +127,21 @@ def _reshape_neg(emb, batch):
     return emb.reshape(B, emb.shape[0] // B, -1)
 
 
-def embed_packed(model: TextEncoder, batch: Batch, towers: list[str], step_key) -> dict[str, jax.Array]:
+def embed_packed(model: TextEncoder, batch: Batch, towers: list[str], step_key, row_blocks: int = 1,
+                 ) -> dict[str, jax.Array]:
     """Embeddings [N_t, H] in batch order of the towers packed in one set of rows:
-    one tower's own (`{tower}_*`) or, with several towers, the shared `joint_*`."""
+    one tower's own (`{tower}_*`) or, with several towers, the shared `joint_*`;
+    `row_blocks`: `TextEncoder.encode_packed`'s."""
     if is_joint(batch) and towers != _towers(batch):
         raise ValueError(f"towers packed together are embedded together: {_towers(batch)}, not {towers}")
     arrays = _packed(batch, JOINT if is_joint(batch) else towers[0])
     G = arrays[0].shape[0]
     slots = [_slot_texts(batch, t).reshape(G, -1) for t in towers]
-    embs = _encode_towers(model, arrays, towers, slots, step_key)
+    embs = _encode_towers(model, arrays, towers, slots, step_key, row_blocks)
     return {t: _permute(e, batch, t, to_batch=True) for t, e in zip(towers, embs)}
 
 
-def _encode_towers(model: TextEncoder, arrays, towers: list[str], slots: list[jax.Array], step_key):
+def _encode_towers(model: TextEncoder, arrays, towers: list[str], slots: list[jax.Array], step_key, row_blocks: int):
     """One encoder pass over packed rows [G, R, P] holding `towers`' texts, tower
     after tower in each group (`slots[i]` [G, b_i]: the batch index of each slot,
     which seeds its dropout) -> per tower [G * b_i, H], in slot order."""
@@ -148,7 +150,7 @@ def _encode_towers(model: TextEncoder, arrays, towers: list[str], slots: list[ja
     seeds = None
     if step_key is not None:
         seeds = jnp.concatenate([_seeds(step_key, t, s) for t, s in zip(towers, slots)], axis=1)
-    emb = model.encode_packed(ids, seg, pos, sum(sizes), seeds=seeds)  # [G, sum(sizes), H]
+    emb = model.encode_packed(ids, seg, pos, sum(sizes), seeds=seeds, row_blocks=row_blocks)  # [G, sum(sizes), H]
     out, at = [], 0
     for b in sizes:
         out.append(emb[:, at:at + b].reshape(ids.shape[0] * b, -1))
@@ -156,25 +158,25 @@ def _encode_towers(model: TextEncoder, arrays, towers: list[str], slots: list[ja
     return out
 
 
-def embed_tower(model: TextEncoder, batch: Batch, tower: str, step_key) -> jax.Array:
+def embed_tower(model: TextEncoder, batch: Batch, tower: str, step_key, row_blocks: int = 1) -> jax.Array:
     """Embeddings [N, H] of one tower packed on its own or padded, in batch order."""
     n = num_texts(batch, tower)
     if is_packed(batch, tower):
-        return embed_packed(model, batch, [tower], step_key)[tower]
+        return embed_packed(model, batch, [tower], step_key, row_blocks)[tower]
     ids, mask = batch[f"{tower}_input_ids"], batch[f"{tower}_attention_mask"]
     ids, mask = ids.reshape(n, ids.shape[-1]), mask.reshape(n, mask.shape[-1])
     return model(ids, mask, dropout_key=row_keys(step_key, tower, jnp.arange(n)))
 
 
-def embed_all(model: TextEncoder, batch: Batch, step_key) -> dict[str, jax.Array]:
+def embed_all(model: TextEncoder, batch: Batch, step_key, row_blocks: int = 1) -> dict[str, jax.Array]:
     """Every tower's embeddings; towers packed together go through the encoder at once."""
     if is_joint(batch):
-        return embed_packed(model, batch, _towers(batch), step_key)
-    return {t: embed_tower(model, batch, t, step_key) for t in _towers(batch)}
+        return embed_packed(model, batch, _towers(batch), step_key, row_blocks)
+    return {t: embed_tower(model, batch, t, step_key, row_blocks) for t in _towers(batch)}
 
 
 def plain_loss(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
-    embs = embed_all(model, batch, step_key)
+    embs = embed_all(model, batch, step_key, resolve_row_blocks(cfg.model))
     return batch_loss(embs["query"], embs["passage"], _reshape_neg(embs.get("negative"), batch), batch, cfg, mesh)
 
 
@@ -217,13 +219,13 @@ class _PackedChunks:
     G = D*n groups (device-major: device d holds groups d*n .. d*n+n-1, one per
     chunk), cut into n chunks of D groups each."""
 
-    def __init__(self, batch: Batch, towers: list[str], n: int):
+    def __init__(self, batch: Batch, towers: list[str], n: int, row_blocks: int = 1):
         prefix = JOINT if is_joint(batch) else towers[0]
         ids = batch[f"{prefix}_input_ids"]
         G = ids.shape[0]
         if G % n:
             raise ValueError(f"{prefix}: {G} packing groups do not split into {n} gradient-cache chunks")
-        self.n, self.towers, self.D, self.batch = n, towers, G // n, batch
+        self.n, self.towers, self.D, self.batch, self.row_blocks = n, towers, G // n, batch, row_blocks
         self.sizes = [num_texts(batch, t) // G for t in towers]  # each tower's slots per group
         by_chunk = lambda x: jnp.swapaxes(x.reshape(self.D, n, *x.shape[1:]), 0, 1)  # noqa: E731
         rows = tuple(_slot_texts(batch, t).reshape(G, b) for t, b in zip(towers, self.sizes))  # dropout seeds
@@ -231,7 +233,7 @@ class _PackedChunks:
 
     def embed(self, model: TextEncoder, chunk, step_key) -> tuple[jax.Array, ...]:
         ids, seg, pos, *rows = chunk  # one chunk: D groups
-        return tuple(_encode_towers(model, (ids, seg, pos), self.towers, rows, step_key))
+        return tuple(_encode_towers(model, (ids, seg, pos), self.towers, rows, step_key, self.row_blocks))
 
     def merge(self, es) -> tuple[jax.Array, ...]:  # per tower [n, D*b, H] -> [N, H] in batch order
         out = []
@@ -248,12 +250,13 @@ class _PackedChunks:
         return tuple(out)
 
 
-def _chunkers(batch: Batch, n: int) -> list:
+def _chunkers(batch: Batch, n: int, row_blocks: int = 1) -> list:
     """One chunker per set of rows: all towers at once when packed together."""
     names = _towers(batch)
     if is_joint(batch):
-        return [_PackedChunks(batch, names, n)]
-    return [_PackedChunks(batch, [t], n) if is_packed(batch, t) else _PaddedChunks(batch, t, n) for t in names]
+        return [_PackedChunks(batch, names, n, row_blocks)]
+    return [_PackedChunks(batch, [t], n, row_blocks) if is_packed(batch, t) else _PaddedChunks(batch, t, n)
+            for t in names]
 
 
 def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: Mesh | None):
@@ -265,7 +268,7 @@ def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: 
     that chunk's activations held while the loss is computed."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n = num_texts(batch, "query") // cfg.train.grad_cache_chunk
-    chunkers = _chunkers(batch, n)
+    chunkers = _chunkers(batch, n, resolve_row_blocks(cfg.model))
     names = [t for c in chunkers for t in c.towers]  # the order of the flat embedding tuples below
     keep = cfg.train.grad_cache_keep_last
     n_head = n - 1 if keep else n  # chunks that are embedded twice

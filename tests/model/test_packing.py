@@ -127,11 +127,12 @@ def test_packed_embeddings_equal_padded(arch, pooling, dropout):
     want = np.asarray(jax.jit(lambda i, m, k: model(i, m, dropout_key=k))(ids, mask, keys))
 
     p = pack(texts, groups=groups, pack_len=32, pad_id=cfg.pad_token_id)
-    assert p["input_ids"].shape[1] < n // groups  # rows really are shared
+    assert 3 <= p["input_ids"].shape[1] < n // groups  # rows really are shared, and 3 blocks have a row each
     seeds = row_seeds(keys).reshape(groups, -1) if dropout else None
-    got = jax.jit(lambda i, s, q, sd: model.encode_packed(i, s, q, n // groups, seeds=sd))(
-        p["input_ids"], p["segment_ids"], p["positions"], seeds)
-    np.testing.assert_allclose(np.asarray(got).reshape(n, -1), want, atol=2e-6)
+    for row_blocks in (1, 2, 3):  # the rows as independent blocks (model.row_blocks) change nothing
+        got = jax.jit(lambda i, s, q, sd: model.encode_packed(i, s, q, n // groups, seeds=sd, row_blocks=row_blocks))(
+            p["input_ids"], p["segment_ids"], p["positions"], seeds)
+        np.testing.assert_allclose(np.asarray(got).reshape(n, -1), want, atol=2e-6, err_msg=f"{row_blocks} blocks")
     # the same texts as two towers packed together: each still gets its padded embedding
     j = pack_towers({"a": texts[:6], "b": texts[6:]}, groups=groups, pack_len=32, pad_id=cfg.pad_token_id)
     if dropout:
