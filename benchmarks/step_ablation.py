@@ -1,5 +1,5 @@
 """Where a packed training step's time goes: forward, forward+backward and the
-AdamW update of all-MiniLM-L6-v2 on the `train_step.py` mnrl batch (32 real
+AdamW update of all-MiniLM-L6-v2 on the `train_step.py` mnrl batch (or `--batches` of them; 32 real
 Debian pairs, max 128 tokens, packed, dropout on), and the same step with one
 piece swapped out at a time.
 
@@ -15,12 +15,18 @@ Variants (each changes the model only inside this process):
 * relu — exact-erf GELU replaced by ReLU (what GELU costs);
 * no-layernorm — LayerNorm replaced by its affine part (what normalising costs);
 * no-attention-matmuls — the two attention products replaced by zeros of their shape;
-* no-dropout — the step without a dropout key (what the hash dropout costs).
+* no-dropout — the step without a dropout key (what the hash dropout costs);
+* one-row-block — `model.row_blocks=1`: the packed rows in one block instead of
+  two that XLA:CPU overlaps on its cores;
+* towers-apart — queries and passages each packed in rows of their own
+  (`data.pack_towers=separate`) instead of sharing rows; and with one row block.
 Timings are medians over `--repeat` rounds (default 3) after a compile, the
 variants interleaved within each round; the model's numbers are not the point
 of the variants, only their time.
 
     .venv/bin/python benchmarks/step_ablation.py --dtypes float32 --variants autodiff-elementwise --repeat 9
+    .venv/bin/python benchmarks/step_ablation.py --batches 4 --repeat 5 \
+        --variants one-row-block,towers-apart,towers-apart-one-row-block
 """
 
 from __future__ import annotations
@@ -87,27 +93,38 @@ def main() -> int:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--variants", default="", help="comma-separated subset (the baseline always runs)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved timing rounds; medians are reported")
+    ap.add_argument("--batches", type=int, default=1,
+                    help="time each variant on this many of train_step.py's batches (summed)")
     args = ap.parse_args()
+    from e5jax.config import replace
+
     base = Config(model=ModelConfig(init=str(model_dir())), data=DataConfig(pack=True),
                   mesh=MeshConfig(data=1, fsdp=1, tensor=1), optim=OptimConfig(learning_rate=2e-5, warmup_steps=0),
                   loss=LossConfig(temperature=0.05), train=TrainConfig(batch_size=32, steps=100))
     tok = load_tokenizer(base)
-    ps = pairs(32)
-    batch = {"passage_key": np.arange(32, dtype=np.int32)}
-    towers = {t: tok(texts, truncation=True, max_length=128)["input_ids"]
-              for t, texts in (("query", [q for q, _ in ps]), ("passage", [p for _, p in ps]))}
-    batch.update(pack_tokens(towers, base.data, groups=1))  # queries and passages in shared rows
-    print(f"packed rows: {batch['joint_input_ids'].shape[1]} (queries and passages together) "
-          f"x 128 tokens; real tokens {int(batch['query_lengths'].sum() + batch['passage_lengths'].sum())}")
+    apart = replace(base, **{"data.pack_towers": "separate"})
+    batches = {"joint": [], "apart": []}
+    for i in range(args.batches):
+        ps = pairs(32, offset=32 * i)
+        towers = {t: tok(texts, truncation=True, max_length=128)["input_ids"]
+                  for t, texts in (("query", [q for q, _ in ps]), ("passage", [p for _, p in ps]))}
+        for layout, c in (("joint", base), ("apart", apart)):
+            batches[layout].append({"passage_key": np.arange(32, dtype=np.int32),
+                                    **pack_tokens(towers, c.data, groups=1)})
+        b = batches["joint"][-1]
+        print(f"batch {i}: {b['joint_input_ids'].shape[1]} packed rows x 128 tokens with queries and passages "
+              f"together ({batches['apart'][-1]['query_input_ids'].shape[1]} + "
+              f"{batches['apart'][-1]['passage_input_ids'].shape[1]} apart); real tokens "
+              f"{int(b['query_lengths'].sum() + b['passage_lengths'].sum())}")
+    batch = batches["joint"][0]
     key = jax.random.key(0)
     mesh = ax.make_mesh(base.mesh, jax.devices()[:1])
     for dt in args.dtypes.split(","):
-        from e5jax.config import replace
-
         cfg = replace(base, **{"model.dtype": dt})
         graphdef, state = create_state(cfg, mesh)
         variants = ["baseline"] + (["autodiff-bf16-backward"] if dt == "bfloat16" else []) + [
-            "autodiff-elementwise", "relu", "no-layernorm", "no-attention-matmuls", "no-dropout"]
+            "autodiff-elementwise", "relu", "no-layernorm", "no-attention-matmuls", "no-dropout",
+            "one-row-block", "towers-apart", "towers-apart-one-row-block"]
         if args.variants:
             variants = [v for v in variants if v == "baseline" or v in args.variants.split(",")]
         # Compile every variant first (each traced with its own swap in place),
@@ -118,18 +135,22 @@ def main() -> int:
             set_variant(v)
             model, _ = nnx.merge(graphdef, state)
             k = None if v == "no-dropout" else key
-            fwd = jax.jit(lambda m, b, k=k: plain_loss(m, b, k, cfg, None)[0]).lower(model, batch).compile()
-            fwd_bwd = jax.jit(lambda m, b, k=k: nnx.value_and_grad(
-                lambda mm: plain_loss(mm, b, k, cfg, None)[0])(m)).lower(model, batch).compile()
-            fns[v] = (model, fwd, fwd_bwd)
+            c = replace(cfg, **{"model.row_blocks": 1}) if v.endswith("one-row-block") else cfg
+            bs = batches["apart" if v.startswith("towers-apart") else "joint"]
+            fwd = [jax.jit(lambda m, b, k=k, c=c: plain_loss(m, b, k, c, None)[0]).lower(model, b).compile()
+                   for b in bs]
+            fwd_bwd = [jax.jit(lambda m, b, k=k, c=c: nnx.value_and_grad(
+                lambda mm: plain_loss(mm, b, k, c, None)[0])(m)).lower(model, b).compile() for b in bs]
+            fns[v] = (model, fwd, fwd_bwd, bs)
         set_variant("baseline")
-        for model, fwd, fwd_bwd in fns.values():  # one untimed run each: first-run allocation costs
-            jax.block_until_ready((fwd(model, batch), fwd_bwd(model, batch)))
+        for model, fwd, fwd_bwd, bs in fns.values():  # one untimed run each: first-run allocation costs
+            for f, g, b in zip(fwd, fwd_bwd, bs):
+                jax.block_until_ready((f(model, b), g(model, b)))
         times = {v: ([], []) for v in variants}
         for _ in range(args.repeat):
-            for v, (model, fwd, fwd_bwd) in fns.items():
-                times[v][0].append(timed(fwd, model, batch, repeat=1, warm=False))
-                times[v][1].append(timed(fwd_bwd, model, batch, repeat=1, warm=False))
+            for v, (model, fwd, fwd_bwd, bs) in fns.items():
+                times[v][0].append(sum(timed(f, model, b, repeat=1, warm=False) for f, b in zip(fwd, bs)))
+                times[v][1].append(sum(timed(g, model, b, repeat=1, warm=False) for g, b in zip(fwd_bwd, bs)))
         model = fns["baseline"][0]
         grads = jax.jit(lambda m, b: nnx.grad(lambda mm: plain_loss(mm, b, key, cfg, None)[0])(m))(model, batch)
 
@@ -140,7 +161,7 @@ def main() -> int:
             return nnx.state((m, o))
 
         for v in variants:
-            line = f"{dt:9s} {v:24s} fwd {statistics.median(times[v][0]) * 1e3:7.1f} ms   fwd+bwd " \
+            line = f"{dt:9s} {v:28s} fwd {statistics.median(times[v][0]) * 1e3:7.1f} ms   fwd+bwd " \
                    f"{statistics.median(times[v][1]) * 1e3:7.1f} ms"
             if v == "baseline":
                 line += f"   AdamW update {timed(update, state, grads, repeat=args.repeat) * 1e3:6.1f} ms"
