@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train_step.py                 # all sections
     .venv/bin/python benchmarks/train_step.py --only mnrl     # or cache | paper | gradcache
     .venv/bin/python benchmarks/train_step.py --quick         # small sizes, a smoke run
+    .venv/bin/python benchmarks/train_step.py --only mnrl --only gradcache --rounds 2  # README figures
 
 Sections (each peer runs in its own subprocess, so peak RSS is per peer):
 
