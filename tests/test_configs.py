@@ -40,6 +40,8 @@ def test_overrides_are_typed_and_round_trip():
     assert (cfg.train.steps, cfg.optim.learning_rate, cfg.model.remat, cfg.data.query_prefix) == (7, 1e-4, True, "q: ")
     with pytest.raises(E5Error, match="data.pack_towers"):
         replace(cfg, **{"data.pack_towers": "both"})
+    with pytest.raises(E5Error, match="model.row_blocks"):
+        replace(cfg, **{"model.row_blocks": "-1"})
     assert from_dict(cfg.to_dict()) == cfg
     with pytest.raises(E5Error, match="train.steps"):
         replace(cfg, **{"train.steps": "1.5"})

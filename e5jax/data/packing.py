@@ -160,9 +160,13 @@ def pack_towers(
     [G, R, pack_len] — a segment id is 1 + the text's slot in its group, the
     slots of tower t being offset by the b of the towers before it — and, per
     tower, ``{t}_lengths`` [N_t] and (with `blocks`, as in `pack`) ``{t}_order``.
-    On benchmarks/train_step.py's batches (32 Debian (short, long) pairs, 128
-    tokens) the rows hold 1.02x the real tokens against 1.06x with the towers
-    packed apart; in 4 gradient-cache chunks 1.12x against 1.26x."""
+    On benchmarks/train_step.py's 4 batches (32 Debian (short, long) pairs, 128
+    tokens) the rows compute 1.04x the FLOPs of the real tokens against 1.08x
+    with the towers packed apart (87 rows against 91); in 4 gradient-cache
+    chunks 1.14x against 1.29x (the "padding" that script prints).
+
+    The train step reads the slots in the order query, passage, negative
+    (`pipeline.pack_tokens` passes them so); pack them in that order."""
     out: dict[str, np.ndarray] = {}
     per_tower = []
     for name, rows in towers.items():
