@@ -20,14 +20,31 @@ and the lease machine cannot download bert-base-uncased). The step is the
 library's: `create_state` + `make_train_step` jitted by `loop.jit_steps`,
 compiled ahead of time, one warm-up step, then the median of timed steps.
 
-Variants, `MODE:BATCH_FILE:remat|noremat[:at0]`, each in its own process so
+Variants, `MODE:BATCH_FILE:remat|noremat[:OPTION...]`, each in its own process so
 that one running out of memory cannot hide the others (DEFAULT_VARIANTS):
 
 * ``cache:.gpu/b4096.npz:remat``   — the preset as written;
 * ``plain:.gpu/b1024.npz:noremat`` — no gradient caching: the first 1,024-pair
                                      packing group (queries and passages share
                                      the rows, as the pipeline packs them);
-* a 4th field ``at0`` adds `--xla_gpu_autotune_level=0` (no GEMM autotuning).
+* options (fields 4 on, any number): ``at0`` = `--xla_gpu_autotune_level=0`
+  (no GEMM autotuning), ``cublas`` = `--xla_gpu_enable_triton_gemm=false`
+  (every GEMM through cuBLAS), ``nocmdbuf`` = `--xla_gpu_enable_command_buffer=`
+  (no CUDA graphs, so a trace shows each kernel with its HLO op), ``nodrop``
+  = dropout 0 (what the hash dropout costs).
+
+`run --profile DIR` traces one more step of each variant after the timed ones
+and writes, per variant, `DIR/variant-I/` (the XSpace trace, the compiled HLO
+text `hlo.txt` and `summary.json`), and prints where the step's device time
+goes: per class (matmul, elementwise, reduction, copy/transpose, collective)
+and the top ops with the model part they come from (the encoder names its
+parts with `jax.named_scope`: embeddings, attention, mlp, layer_norm, dropout,
+loss, optimizer). `benchmarks/profile_ops.py DIR/variant-I` re-reads a trace
+here. A diagnostic lease (the plain step, profiled, against its variants):
+
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 benchmarks/gpu_step.py run --parallel --steps 3 \
+        --compile-deadline 240 --timeout 420 --profile $OUT/profile --json $OUT/gpu_step.json \
+        --variants plain:.gpu/b1024.npz:noremat:nocmdbuf,plain:.gpu/b1024.npz:noremat,plain:.gpu/b1024.npz:noremat:nodrop,plain:.gpu/b1024.npz:noremat:cublas
 
 `--parallel` compiles all variants at once (compilation is host work), then
 times them one at a time under a file lock, after every worker has compiled or
@@ -87,13 +104,14 @@ PRESET = ROOT / "configs" / "e5_base_pretrain.py"
 
 
 def preset_config(tokenizer: str, *, batch: int | None = None, chunk: int | None = None,
-                  remat: bool | None = None, arch: str = str(ARCH)):
+                  remat: bool | None = None, arch: str = str(ARCH), dropout: float | None = None):
     """The E5-base preset on one device, randomly initialised from `arch`."""
     from e5jax.config import load_config
 
     cfg = load_config(str(PRESET))
     model = dataclasses.replace(cfg.model, init="", arch=arch, tokenizer=tokenizer,
-                                remat=cfg.model.remat if remat is None else remat)
+                                remat=cfg.model.remat if remat is None else remat,
+                                dropout=cfg.model.dropout if dropout is None else dropout)
     train = dataclasses.replace(cfg.train, batch_size=batch or cfg.train.batch_size,
                                 grad_cache_chunk=cfg.train.grad_cache_chunk if chunk is None else chunk)
     mesh = dataclasses.replace(cfg.mesh, data=1, fsdp=1, tensor=1)
@@ -173,8 +191,10 @@ def worker(a) -> dict:
     else:
         chunk = arrs["query_lengths"].shape[0] // groups
     batch = arrs["query_lengths"].shape[0]
-    cfg = preset_config(a.tokenizer, batch=batch, chunk=chunk, remat=a.remat == "remat", arch=a.arch)
-    tag = f"  [#{a.index} {a.mode} {batch} chunk {chunk} {a.remat}{' ' + os.environ['XLA_FLAGS'] if os.environ.get('XLA_FLAGS') else ''}]"
+    cfg = preset_config(a.tokenizer, batch=batch, chunk=chunk, remat=a.remat == "remat", arch=a.arch,
+                        dropout=None if a.dropout < 0 else a.dropout)
+    tag = (f"  [#{a.index} {a.mode} {batch} chunk {chunk} {a.remat}{' dropout 0' * (a.dropout == 0)}"
+           f"{' ' + os.environ['XLA_FLAGS'] if os.environ.get('XLA_FLAGS') else ''}]")
     t_start = time.perf_counter()
 
     def stage(what: str) -> None:  # where the time goes, even if the parent's timeout kills us
@@ -223,6 +243,21 @@ def worker(a) -> dict:
         if i:
             times.append(dt)
             losses.append(loss)
+    profile = None
+    if a.profile:  # one more step, traced: where its device time goes, op by op
+        from profile_ops import format_summary, summarise
+
+        os.makedirs(a.profile, exist_ok=True)
+        hlo_text = fn.as_text()
+        with open(os.path.join(a.profile, "hlo.txt"), "w") as f:
+            f.write(hlo_text)
+        with jax.profiler.trace(a.profile):
+            state, metrics = fn(state, b)
+            float(metrics["loss"])
+        profile = summarise(a.profile, hlo_text, top=a.profile_top)
+        with open(os.path.join(a.profile, "summary.json"), "w") as f:
+            json.dump(profile, f, indent=1)
+        print("\n".join(f"{tag} {x}" for x in format_summary(profile).splitlines()), file=sys.stderr, flush=True)
     mem = {}
     try:
         stats = jax.devices()[0].memory_stats() or {}
@@ -236,7 +271,7 @@ def worker(a) -> dict:
     return dict(batch=batch, chunk=cfg.train.grad_cache_chunk, remat=cfg.model.remat,
                 dtype=cfg.model.dtype, times=times, losses=losses, compile_s=compile_s, temp_bytes=temp, real=real,
                 rows=rows, pack_len=int(pack_len), device=str(jax.devices()[0].device_kind),
-                jax=jax.__version__, **mem)
+                jax=jax.__version__, profile=profile and profile["classes"], **mem)
 
 
 # ============================================================== run
@@ -258,22 +293,28 @@ def measured_bf16_peak(n: int = 8192, repeat: int = 10) -> float:
     return 2.0 * n**3 * repeat / (time.perf_counter() - t0)
 
 
-XLA_FLAG_SETS = {  # optional 4th field of a variant
+XLA_FLAG_SETS = {  # options of a variant (its 4th field on): XLA flags for that worker
     "at0": "--xla_gpu_autotune_level=0",  # no GEMM autotuning: faster compiles, maybe slower kernels
+    "cublas": "--xla_gpu_enable_triton_gemm=false",  # every GEMM through cuBLAS, none through Triton
+    # no CUDA graphs: each kernel launched (and traced, with its HLO op) on its own
+    "nocmdbuf": "--xla_gpu_enable_command_buffer=",
 }
+MODEL_OPTIONS = {"nodrop"}  # dropout 0 (what the hash dropout costs on the device)
 
 
 def _parse_variants(text: str) -> list[tuple]:
+    """`MODE:BATCH_FILE:remat|noremat[:OPTION...]` -> (variant, mode, file, remat, options)."""
     specs = []
+    known = sorted(XLA_FLAG_SETS) + sorted(MODEL_OPTIONS)
     for variant in text.split(","):
         parts = variant.split(":")
-        if (len(parts) not in (3, 4) or parts[0] not in ("cache", "plain") or parts[2] not in ("remat", "noremat")
-                or (len(parts) == 4 and parts[3] not in XLA_FLAG_SETS)):
-            raise SystemExit(f"bad variant {variant!r}: want MODE:BATCH_FILE:remat|noremat[:FLAGS], MODE cache "
-                             f"or plain, FLAGS one of {sorted(XLA_FLAG_SETS)}")
+        if (len(parts) < 3 or parts[0] not in ("cache", "plain") or parts[2] not in ("remat", "noremat")
+                or any(o not in known for o in parts[3:])):
+            raise SystemExit(f"bad variant {variant!r}: want MODE:BATCH_FILE:remat|noremat[:OPTION...], MODE cache "
+                             f"or plain, each OPTION one of {known}")
         if not os.path.exists(parts[1]):
             raise SystemExit(f"{parts[1]} not found: make it with `benchmarks/gpu_step.py prepare` (module docstring)")
-        specs.append((variant, parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else ""))
+        specs.append((variant, parts[0], parts[1], parts[2], tuple(parts[3:])))
     return specs
 
 
@@ -288,15 +329,20 @@ def _launch_group(a, group: list[tuple], first_index: int) -> dict[str, str]:
 
     sync = tempfile.mkdtemp(prefix="gpu_step_")
     procs = []
-    for i, (variant, mode, batch_file, remat, flags) in enumerate(group, first_index):
+    for i, (variant, mode, batch_file, remat, options) in enumerate(group, first_index):
         env = dict(os.environ)
         if len(group) > 1:  # several processes share the device: allocate on demand
             env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        flags = " ".join(XLA_FLAG_SETS[o] for o in options if o in XLA_FLAG_SETS)
         if flags:
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + XLA_FLAG_SETS[flags]).strip()
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
         cmd = [sys.executable, os.path.abspath(__file__), "worker", "--mode", mode, "--remat", remat,
                "--batch-file", batch_file, "--tokenizer", a.tokenizer, "--arch", a.arch, "--steps", str(a.steps),
                "--sync-dir", sync, "--index", str(i)]
+        if "nodrop" in options:
+            cmd += ["--dropout", "0"]
+        if a.profile:
+            cmd += ["--profile", os.path.join(a.profile, f"variant-{i}")]
         # stdout (the RESULT line, small) is read at the end; progress (stderr) goes straight through
         procs.append((variant, i, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)))
     t0 = time.perf_counter()
@@ -412,12 +458,18 @@ def main() -> None:
             p.add_argument("--peak-n", type=int, default=8192)
             p.add_argument("--no-peak", action="store_true")
             p.add_argument("--json", default="")
+            p.add_argument("--profile", default="", help="trace one more step of each variant into "
+                           "PROFILE/variant-I (XSpace + the compiled HLO text) and print where its time goes "
+                           "(benchmarks/profile_ops.py)")
         else:
             p.add_argument("--mode", choices=["cache", "plain"], required=True)
             p.add_argument("--remat", choices=["remat", "noremat"], required=True)
             p.add_argument("--batch-file", required=True)
             p.add_argument("--sync-dir", default="", help="(from run) where to say 'compiled' and wait for 'go'")
             p.add_argument("--index", type=int, default=0)
+            p.add_argument("--dropout", type=float, default=-1.0, help="override the preset's dropout (< 0: keep)")
+            p.add_argument("--profile", default="", help="trace one more step into this folder (see run --profile)")
+            p.add_argument("--profile-top", type=int, default=30, help="ops listed in the profile summary")
             p.add_argument("--compile-only", action="store_true",
                            help="stop after compiling and print the step's temporary buffers (any backend: "
                                 "check a variant's memory before a lease)")

@@ -72,9 +72,9 @@ class DataConfig:
     split: str = "train"  # split to train on
     eval_split: str = "heldout"  # split for held-out metrics
     query_prefix: str = "query: "  # E5 breaks the shared encoder's symmetry with prefixes
-    passage_prefix: str = "passage: "
+    passage_prefix: str = "passage: "  # the passage tower's prefix (likewise part of the token budget)
     max_query_length: int = 128  # tokens, prefix included
-    max_passage_length: int = 128
+    max_passage_length: int = 128  # tokens, prefix included; longer passages are truncated
     num_buckets: int = 4  # pad to one of this many lengths up to the max (few compiled shapes)
     pack: bool = False  # pack several texts per row of max length (no padding computed; data/packing.py)
     pack_row_step: int = 0  # packed row counts round up to a multiple of this; 0 = a power of two <= rows/16
@@ -118,9 +118,9 @@ class OptimConfig:
     warmup_steps: int = 100  # linear warm-up from 0
     end_learning_rate: float = 0.0  # linear decay target at the last step
     weight_decay: float = 0.01  # AdamW; not applied to biases and LayerNorm
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
+    b1: float = 0.9  # AdamW first-moment decay
+    b2: float = 0.999  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator epsilon
     clip_norm: float = 0.0  # global-norm clipping; 0 = off
 
 

@@ -6,7 +6,8 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-USAGE="Usage: $PROG --name NAME --zone ZONE [--repo URL] [--ref REF] [--python VERSION] [--project P] [--dry-run]
+USAGE="Usage: $PROG --name NAME --zone ZONE [--repo URL] [--ref REF] [--python VERSION] [--weights URLS]
+                [--project P] [--dry-run]
 
 On every worker at once (--worker=all), over gcloud ssh:
   1. clone --repo into ~/e5jax (or reuse the clone) and check out --ref;
@@ -15,18 +16,22 @@ On every worker at once (--worker=all), over gcloud ssh:
      provides it;
   3. pip install e5jax and jax[tpu] in one resolve, so the TPU jaxlib and
      libtpu match the jax version e5jax pins, plus gcsfs (TFDS and orbax list
-     and read gs:// paths through it when TensorFlow is absent).
+     and read gs:// paths through it when TensorFlow is absent);
+  4. with --weights: copy each listed model folder from Cloud Storage into
+     ~/e5jax/ckpt/ (gcloud storage rsync), where the presets' model.init
+     expects it (e.g. gs://B/bert-base-uncased -> ckpt/bert-base-uncased).
 Running it again updates the checkout to --ref and reinstalls.
 
   --name NAME        TPU name
   --zone ZONE        its zone
   --repo URL         git URL to clone (default: this checkout's 'origin' remote)
-  --ref REF          branch, tag or commit to check out (default: main)
+  --ref REF          branch, tag or full commit hash to check out (default: main)
   --python VERSION   Python version of the venv (default: 3.11)
+  --weights URLS     comma-separated gs:// model folders to copy into ~/e5jax/ckpt/
   --project P        Google Cloud project (default: gcloud's configured one)
   --dry-run          print the gcloud command instead of running it
   -h, --help         this text"
-VALUE_FLAGS=(name zone repo ref python project)
+VALUE_FLAGS=(name zone repo ref python weights project)
 REQUIRED=(name zone)
 OPT[ref]=main
 OPT[python]=3.11
@@ -52,6 +57,16 @@ remote+="; python3 -m uv venv --quiet --allow-existing --seed --python $python .
 remote+="; .venv/bin/pip install --quiet --upgrade pip"
 remote+="; .venv/bin/pip install --quiet --upgrade -e . \"jax[tpu]\" gcsfs -f $index"
 remote+="; .venv/bin/e5jax --help > /dev/null"
+if [[ -n ${OPT[weights]:-} ]]; then
+  IFS=, read -ra urls <<< "${OPT[weights]}"
+  for url in "${urls[@]}"; do
+    url=${url%/}
+    [[ $url =~ ^gs://[^/]+/.+ ]] || die "--weights: '$url' is not a gs://BUCKET/FOLDER model folder"
+    folder=${url##*/}
+    remote+="; mkdir -p ckpt/$(quote "$folder")"
+    remote+="; gcloud storage rsync --recursive --quiet $(quote "$url") ckpt/$(quote "$folder")"
+  done
+fi
 remote+="; echo \"\$(hostname): e5jax \$(git rev-parse --short HEAD) ready, jax \$(.venv/bin/python -c \"import jax; print(jax.__version__)\")\""
 
 tpu_ssh all "$remote"

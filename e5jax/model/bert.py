@@ -187,7 +187,8 @@ class LayerNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return fused.layer_norm(x, self.scale[...], self.bias[...], self.eps)
+        with jax.named_scope("layer_norm"):
+            return fused.layer_norm(x, self.scale[...], self.bias[...], self.eps)
 
 
 class Embeddings(nnx.Module):
@@ -210,11 +211,12 @@ class Embeddings(nnx.Module):
             positions = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
         else:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        h = (
-            jnp.take(self.word[...], input_ids, axis=0)
-            + jnp.take(self.position[...], positions, axis=0)
-            + jnp.take(self.token_type[...], token_type_ids, axis=0)
-        )
+        with jax.named_scope("embeddings"):
+            h = (
+                jnp.take(self.word[...], input_ids, axis=0)
+                + jnp.take(self.position[...], positions, axis=0)
+                + jnp.take(self.token_type[...], token_type_ids, axis=0)
+            )
         h = self.norm(h).astype(dtype)
         return hidden_dropout(constrain(h, ("batch", "length", "act_embed")), cfg.hidden_dropout_prob, noise, 0)
 
@@ -230,6 +232,10 @@ class SelfAttention(nnx.Module):
         self.cfg = cfg
 
     def __call__(self, x, mask_bias, noise, site) -> jax.Array:
+        with jax.named_scope("attention"):  # names the ops in profiles and HLO dumps
+            return self._attend(x, mask_bias, noise, site)
+
+    def _attend(self, x, mask_bias, noise, site) -> jax.Array:
         cfg = self.cfg
         B, L, H = x.shape
         nh = cfg.num_attention_heads
@@ -261,10 +267,11 @@ class Layer(nnx.Module):
 
     def __call__(self, x, mask_bias, noise) -> jax.Array:
         h = self.attention(x, mask_bias, noise, self.site)
-        inner = ACTIVATIONS[self.cfg.hidden_act](self.mlp_in(h))
-        inner = constrain(inner, ("batch", "length", "mlp"))
-        out = hidden_dropout(self.mlp_out(inner), self.cfg.hidden_dropout_prob, noise, self.site + 2)
-        return constrain(self.norm(out + h), ("batch", "length", "act_embed"))
+        with jax.named_scope("mlp"):
+            inner = ACTIVATIONS[self.cfg.hidden_act](self.mlp_in(h))
+            inner = constrain(inner, ("batch", "length", "mlp"))
+            out = hidden_dropout(self.mlp_out(inner), self.cfg.hidden_dropout_prob, noise, self.site + 2)
+            return constrain(self.norm(out + h), ("batch", "length", "act_embed"))
 
 
 def _run_layer(layer: Layer, x, mask_bias, noise):

@@ -48,9 +48,10 @@ def _site_seed(noise: TokenNoise, site: int) -> jax.Array:
 
 
 def _apply(x: jax.Array, rate: float, seed: jax.Array, counter: jax.Array) -> jax.Array:
-    bits = mix32(seed + counter.astype(jnp.uint32) * jnp.uint32(_WEYL))
-    keep = bits >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    with jax.named_scope("dropout"):
+        bits = mix32(seed + counter.astype(jnp.uint32) * jnp.uint32(_WEYL))
+        keep = bits >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
+        return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
 def hidden_dropout(x: jax.Array, rate: float, noise: TokenNoise | None, site: int) -> jax.Array:

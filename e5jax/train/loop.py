@@ -193,6 +193,7 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 ckpt.save(mngr, step, state, train_it)
                 last_saved = step
+                writer.sync()  # a remote workdir's metrics.jsonl catches up with each checkpoint
 
         # ------------------------------------------------------------ Eval
         held = _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import time
 
 from etils import epath
@@ -15,35 +16,63 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-class MetricWriter:
-    """Writes on process 0 only; every host computes the same global metrics."""
+def is_remote(workdir) -> bool:
+    return "://" in str(workdir)
 
-    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+
+class MetricWriter:
+    """Writes on process 0 only; every host computes the same global metrics.
+
+    Object stores (gs://) have no append: a remote run keeps its JSONL on local
+    disk (`~/e5jax-metrics/<run>/`, seeded from the remote copy, so a resumed
+    run keeps its history) and rewrites the remote `metrics.jsonl` whole, at
+    most every `sync_every_s` seconds and at close."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
+                 sync_every_s: float = 60.0):
         self.enabled = enabled
         self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.local = self.path
+        self.sync_every_s = sync_every_s
+        self.synced_at = time.monotonic()
         self.tb = None
-        if enabled and tensorboard:
+        if not enabled:
+            return
+        if is_remote(workdir):
+            self.local = pathlib.Path.home() / "e5jax-metrics" / epath.Path(str(workdir)).name / "metrics.jsonl"
+            self.local.parent.mkdir(parents=True, exist_ok=True)
+            self.local.write_text(self.path.read_text() if self.path.exists() else "")
+        if tensorboard:
             from tensorboardX import SummaryWriter
 
             tb_dir = str(epath.Path(workdir) / "tensorboard")
-            if "://" in str(workdir):
+            if is_remote(workdir):
                 # tensorboardX writes local files; a gs:// run logs its events next to
                 # the process (sync them up with `gcloud storage rsync` if wanted).
-                tb_dir = str(epath.Path.home() / "e5jax-tensorboard" / epath.Path(str(workdir)).name)
+                tb_dir = str(pathlib.Path.home() / "e5jax-tensorboard" / epath.Path(str(workdir)).name)
             self.tb = SummaryWriter(tb_dir)
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
             return
         rec = {"step": step, "split": prefix, "time": time.time(), **metrics}
-        with self.path.open("a") as f:
+        with self.local.open("a") as f:
             f.write(json.dumps(rec) + "\n")
+        if self.local != self.path and time.monotonic() - self.synced_at >= self.sync_every_s:
+            self.sync()
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(f"{prefix}/{k}", v, step)
             self.tb.flush()
 
+    def sync(self) -> None:
+        """Rewrite the remote copy from the local log (a no-op for a local workdir)."""
+        if self.enabled and self.local != self.path:
+            self.path.write_text(self.local.read_text())
+            self.synced_at = time.monotonic()
+
     def close(self) -> None:
+        self.sync()
         if self.tb is not None:
             self.tb.close()
 

@@ -7,6 +7,7 @@ import json
 import pathlib
 
 import jax
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -29,6 +30,16 @@ def scratch_config(cfg: Config) -> BertConfig:
     return bert
 
 
+def _local(path: str, key: str) -> str:
+    """HF model and tokenizer folders are read with local-file APIs: a remote
+    one gets a one-line error naming the fix instead of a mangled path."""
+    if "://" in str(path):
+        raise E5Error(f"{key}={path}: a Hugging Face model or tokenizer folder must be on local disk (a "
+                      "training workdir may be on gs://); copy it to every host first, e.g. "
+                      "tpu_scripts/setup.sh --weights")
+    return path
+
+
 def tokenizer_path(cfg: Config) -> str:
     if not cfg.model.tokenizer and is_workdir(cfg.model.init):
         return tokenizer_path(workdir_config(cfg.model.init))
@@ -41,15 +52,22 @@ def tokenizer_path(cfg: Config) -> str:
 def load_tokenizer(cfg: Config):
     from transformers import AutoTokenizer
 
-    path = tokenizer_path(cfg)
+    path = _local(tokenizer_path(cfg), "model.tokenizer" if cfg.model.tokenizer else "model.init")
     if not pathlib.Path(path).is_dir():
         raise E5Error(f"tokenizer folder not found: {path}")
     return AutoTokenizer.from_pretrained(path)
 
 
 def is_workdir(path: str) -> bool:
-    """A training workdir (config.json + checkpoints/), e.g. pre-training's, to fine-tune from."""
-    return bool(path) and (pathlib.Path(path) / "checkpoints").is_dir() and (pathlib.Path(path) / "config.json").is_file()
+    """A training workdir (config.json + checkpoints/), e.g. pre-training's, to fine-tune from.
+    Local or on Cloud Storage (epath; orbax restores from gs:// as well)."""
+    if not path:
+        return False
+    p = epath.Path(path)
+    try:
+        return (p / "checkpoints").is_dir() and (p / "config.json").is_file()
+    except ImportError as e:  # fsspec names the missing filesystem package (gcsfs for gs://)
+        raise E5Error(f"cannot read {path}: {e}") from e
 
 
 def _with_dropout(bert: BertConfig, dropout: float) -> BertConfig:
@@ -65,7 +83,7 @@ def bert_config(cfg: Config) -> BertConfig:
     if is_workdir(cfg.model.init):
         return _with_dropout(bert_config(workdir_config(cfg.model.init)), cfg.model.dropout)
     if cfg.model.init:
-        bert, _ = hf.read_config(pathlib.Path(cfg.model.init))
+        bert, _ = hf.read_config(pathlib.Path(_local(cfg.model.init, "model.init")))
         return _with_dropout(bert, cfg.model.dropout)
     return scratch_config(cfg)
 
@@ -73,7 +91,7 @@ def bert_config(cfg: Config) -> BertConfig:
 def workdir_config(workdir: str) -> Config:
     from e5jax.config import from_dict
 
-    path = pathlib.Path(workdir) / "config.json"
+    path = epath.Path(workdir) / "config.json"
     if not path.is_file():
         raise E5Error(f"{workdir} is not an e5jax training workdir (no config.json)")
     return from_dict(json.loads(path.read_text()))
@@ -89,7 +107,7 @@ def create_model(cfg: Config, mesh: Mesh) -> TextEncoder:
         trained, _, _ = load_trained(m.init)
         return create_sharded(bert_config(cfg), mesh, cfg.mesh.rules, params=encoder_params(trained), **kwargs)
     if m.init:
-        return load_pretrained(m.init, mesh=mesh, rules=cfg.mesh.rules, dropout=m.dropout, **kwargs)
+        return load_pretrained(_local(m.init, "model.init"), mesh=mesh, rules=cfg.mesh.rules, dropout=m.dropout, **kwargs)
     return create_sharded(scratch_config(cfg), mesh, cfg.mesh.rules, seed=cfg.train.seed, **kwargs)
 
 

@@ -116,8 +116,9 @@ def batch_loss(q, p, neg, batch: Batch, cfg: Config, mesh: Mesh | None):
         own = jax.lax.stop_gradient(student_list_scores(q, p, neg, cfg.loss.temperature))
         missing = ~jnp.isfinite(teacher).all(axis=-1, keepdims=True)
         teacher = jnp.where(missing, own * cfg.loss.teacher_temperature, teacher)
-    return e5_loss(q, p, neg, teacher, cfg.loss, passage_keys=batch.get("passage_key"),
-                   negative_keys=batch.get("negative_key"), mesh=mesh, batch_axes=ax.BATCH_AXES)
+    with jax.named_scope("loss"):
+        return e5_loss(q, p, neg, teacher, cfg.loss, passage_keys=batch.get("passage_key"),
+                       negative_keys=batch.get("negative_key"), mesh=mesh, batch_axes=ax.BATCH_AXES)
 
 
 def _reshape_neg(emb, batch):
@@ -348,8 +349,9 @@ def make_train_step(cfg: Config, graphdef: nnx.GraphDef, mesh: Mesh | None):
             (loss, metrics), grads = nnx.value_and_grad(
                 lambda m: plain_loss(m, batch, step_key, cfg, mesh), has_aux=True)(model)
         metrics = dict(metrics)
-        metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-        opt.update(model, grads)
+        with jax.named_scope("optimizer"):
+            metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+            opt.update(model, grads)
         return nnx.state((model, opt)), metrics
 
     return train_step

@@ -80,3 +80,26 @@ def test_broken_config_json(capsys, tmp_path, minilm_dir, bad):
     code, err = _run(capsys, ["embed", "--model", str(model), "--input", str(tmp_path / "in.txt"),
                               "--output", str(tmp_path / "o.npy")])
     assert code == 2 and len(err) == 1 and "config.json is not valid JSON" in err[0]
+
+
+def test_remote_model_folders_are_refused_with_the_fix(monkeypatch, minilm_dir):
+    """HF folders are read with local-file APIs: a gs:// one is named, with the fix,
+    instead of failing on a mangled path ("gs:/b/...") deep inside a loader."""
+    import importlib.util
+
+    from e5jax.config import Config, ModelConfig
+    from e5jax.errors import E5Error
+    from e5jax.train import state
+
+    cfg = Config(model=ModelConfig(init=str(minilm_dir), tokenizer="gs://b/tok"))
+    with pytest.raises(E5Error, match=r"^model\.tokenizer=gs://b/tok: .*local disk.*setup\.sh --weights$"):
+        state.load_tokenizer(cfg)
+    if importlib.util.find_spec("gcsfs") is None:
+        # Deciding whether gs://... is a training workdir needs gcsfs: say so, in one line.
+        with pytest.raises(E5Error, match=r"^cannot read gs://b/bert-base-uncased: .*gcsfs"):
+            state.is_workdir("gs://b/bert-base-uncased")
+    monkeypatch.setattr(state, "is_workdir", lambda path: False)  # what gcsfs answers for an HF folder
+    cfg = Config(model=ModelConfig(init="gs://b/bert-base-uncased"))
+    for load in (state.bert_config, state.load_tokenizer):
+        with pytest.raises(E5Error, match=r"^model\.init=gs://b/bert-base-uncased: .*local disk"):
+            load(cfg)

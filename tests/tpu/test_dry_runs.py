@@ -8,6 +8,7 @@ fake `gcloud` stands first on PATH (tests/tpu/conftest.py).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.tpu.helpers import (
+    ROOT,
     SCRIPTS,
     ENTRY_POINTS,
     NAME,
@@ -112,6 +114,30 @@ def test_options_change_the_commands():
     (line,) = dry_run("create.sh", *WHERE, "--type", "v4-8", "--runtime", "tpu-ubuntu2204-base")
     assert line == ("gcloud compute tpus tpu-vm create e5-pod --zone us-central2-b"
                     " --accelerator-type v4-8 --version tpu-ubuntu2204-base")
+
+
+def test_setup_copies_weights_where_the_presets_look(fake_gcloud):
+    """--weights: each gs:// model folder lands in ~/e5jax/ckpt/<folder> on every
+    worker, after the install, which is where the presets' model.init points."""
+    (line,) = dry_run("setup.sh", *ARGS["setup.sh"], "--weights",
+                      "gs://my-bucket/bert-base-uncased/,gs://my-bucket/models/MiniLM-L12-H384-uncased")
+    remote = gcloud_argv(line, fake_gcloud)[-1]
+    tail = ('; .venv/bin/e5jax --help > /dev/null'
+            '; mkdir -p ckpt/bert-base-uncased'
+            '; gcloud storage rsync --recursive --quiet gs://my-bucket/bert-base-uncased ckpt/bert-base-uncased'
+            '; mkdir -p ckpt/MiniLM-L12-H384-uncased'
+            '; gcloud storage rsync --recursive --quiet gs://my-bucket/models/MiniLM-L12-H384-uncased'
+            ' ckpt/MiniLM-L12-H384-uncased; echo ')
+    assert tail in remote
+    assert remote.index('cd "$HOME/e5jax"') < remote.index("mkdir -p ckpt/")
+    for preset in ("e5_small_pretrain.py", "e5_base_pretrain.py", "e5_large_pretrain.py"):
+        init = re.search(r'init="(ckpt/[^"]+)"', (ROOT / "configs" / preset).read_text()).group(1)
+        assert init.startswith("ckpt/") and "/" not in init.removeprefix("ckpt/"), (preset, init)
+    assert "ckpt/" not in dry_run("setup.sh", *ARGS["setup.sh"])[0]
+    proc = script("setup.sh", *ARGS["setup.sh"], "--weights", "ckpt/bert-base-uncased", "--dry-run")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("setup.sh: --weights: 'ckpt/bert-base-uncased' is not a gs://BUCKET/FOLDER "
+                           "model folder\n")
 
 
 def test_setup_defaults_to_the_checkouts_origin(tmp_path):

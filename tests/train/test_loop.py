@@ -157,3 +157,48 @@ def test_relative_workdir(tmp_path, tiny_overrides, monkeypatch):
     assert (tmp_path / "runs" / "rel" / "checkpoints" / "1").is_dir()
     assert main(["export", "--workdir", "runs/rel", "--output", "runs/rel-export"]) == 0
     assert (tmp_path / "runs" / "rel-export" / "model.safetensors").is_file()
+
+
+def test_remote_metrics_log_is_rewritten_whole_and_keeps_history(tmp_path, monkeypatch):
+    """gs:// has no append: a remote run logs locally (seeded from the remote
+    copy, so a resumed run keeps its history) and rewrites the remote file whole.
+    A local folder stands in for the bucket; `is_remote` is what gs:// answers."""
+    import json
+
+    from e5jax.train import metrics as mw
+
+    workdir = tmp_path / "bucket" / "e5-base"
+    workdir.mkdir(parents=True)
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": 10, "split": "train", "loss": 3.0}) + "\n")
+    monkeypatch.setattr(mw, "is_remote", lambda w: True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    remote_opens = []
+    real_open = mw.epath.Path.open
+
+    def spy(self, mode="r", *a, **kw):
+        if str(self).startswith(str(workdir)) and "a" in mode:
+            remote_opens.append(mode)
+        return real_open(self, mode, *a, **kw)
+
+    monkeypatch.setattr(mw.epath.Path, "open", spy, raising=False)
+    w = mw.MetricWriter(str(workdir), tensorboard=False, sync_every_s=3600)
+    w.write(20, {"loss": 2.0})
+    w.write(30, {"loss": 1.0})
+    # Not yet synced (an hour between syncs): the remote copy still holds the old run only.
+    assert [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()] == [10]
+    w.close()
+    steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30]
+    assert (tmp_path / "home" / "e5jax-metrics" / "e5-base" / "metrics.jsonl").read_text() == (
+        workdir / "metrics.jsonl").read_text()
+    assert remote_opens == []  # never appended to the remote file
+    # A resumed run on a fresh host (empty home) starts from the remote history.
+    monkeypatch.setenv("HOME", str(tmp_path / "home2"))
+    w = mw.MetricWriter(str(workdir), sync_every_s=0)
+    w.write(40, {"loss": 0.5})
+    steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]
+    w.close()
+    # TensorBoard events of a remote run go next to the process, not to the bucket.
+    assert list((tmp_path / "home2" / "e5jax-tensorboard" / "e5-base").glob("events.out.tfevents.*"))
+    assert not (workdir / "tensorboard").exists()

@@ -1,6 +1,6 @@
 """The same harvest as an Apache Beam pipeline, for dumps too big for one
-machine: DirectRunner locally; Dataflow, Flink or Spark at scale (see
-docs/harvest.md for the commands).
+machine: DirectRunner locally; Dataflow, Flink or Spark at scale (README,
+"Scale-out: Apache Beam", has the commands).
 
 Every step calls the functions the local path calls — `Source.read`,
 `to_pairs` / `key` + `group_to_pairs`, `clean_pair` — so both paths produce
@@ -14,7 +14,6 @@ Beam is imported only here: the local path never needs it.
 
 from __future__ import annotations
 
-import pathlib
 import time
 from collections.abc import Iterator, Sequence
 
@@ -23,6 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from etils import epath
 
 from e5jax.data.harvest.cleaning import CleanConfig, clean_pair
 from e5jax.data.harvest.registry import get_source
@@ -151,8 +151,8 @@ def run_pipeline(source_name: str, inputs: Sequence[str], output: str, cfg: Clea
         elif name.startswith("dropped:"):
             summary.drop(name.removeprefix("dropped:"), value)
     summary.seconds = time.perf_counter() - start
-    out = pathlib.Path(output)
-    if out.is_dir():  # a remote (gs://) output gets no local summary listing
-        summary.shards = sorted(f.name for f in out.glob("pairs-*"))
-        summary.write(out)
+    out = epath.Path(output)  # a local folder or gs:// (read through gcsfs)
+    out.mkdir(parents=True, exist_ok=True)
+    summary.shards = sorted(f.name for f in out.glob("pairs-*"))
+    summary.write(out)
     return summary

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import json
-import pathlib
+import os
 from dataclasses import dataclass, field
+
+from etils import epath
 
 
 @dataclass
@@ -43,8 +45,9 @@ class Summary:
             "config": self.config,
         }
 
-    def write(self, out_dir: str | pathlib.Path) -> pathlib.Path:
-        path = pathlib.Path(out_dir) / "summary.json"
+    def write(self, out_dir: str | os.PathLike) -> epath.Path:
+        """`out_dir/summary.json`; local or remote (gs:// through epath)."""
+        path = epath.Path(out_dir) / "summary.json"
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
