@@ -243,13 +243,13 @@ def filter_dataset(
 
     if output_name == name:
         raise E5Error("--output-name must differ from --name: the source dataset is never overwritten")
+    work = work_dir(data_dir, output_name)
     source = builder.load_source(data_dir, name, cfg.split)
     n = len(source)
     if n == 0:
         raise E5Error(f"split {cfg.split!r} of {name!r} is empty")
     if not overwrite and (pathlib.Path(data_dir) / output_name / builder.VERSION / "dataset_info.json").exists():
         raise E5Error(f"dataset {output_name!r} already exists in {data_dir}; pass --overwrite or another --output-name")
-    work = work_dir(data_dir, output_name)
     bounds = block_bounds(n, cfg.block_size)
     plan = {"version": PLAN_VERSION, "dataset": str(builder.dataset_dir(data_dir, name).resolve()), "pairs": n,
             "model": model_id, **dataclasses.asdict(cfg)}

@@ -31,6 +31,12 @@ RANK_BINS = (("1", 1), ("2", 2), ("3-5", 3), ("6-10", 6), ("11-100", 11), (">100
 
 
 def work_dir(data_dir: str | os.PathLike, output_name: str) -> pathlib.Path:
+    """DATA_DIR/OUTPUT_NAME.work. Its progress logs are appended and fsynced, which
+    object stores cannot do: a URL data dir is refused, naming the fix."""
+    if "://" in str(data_dir):
+        raise E5Error(f"--data-dir {data_dir}: the filter appends and fsyncs its progress logs next to the "
+                      "data, which needs a POSIX file system (shared by all hosts on a pod): give a local or "
+                      "mounted folder (e.g. the bucket mounted with gcsfuse), not a URL")
     return pathlib.Path(data_dir) / f"{output_name}.work"
 
 

@@ -261,3 +261,17 @@ def test_pools_are_distinct_texts_and_the_draw_is_seeded():
 def test_rank_histogram_bins():
     assert filt.rank_histogram([1, 2, 3, 5, 6, 10, 11, 100, 101, 10**6]) == {
         "1": 1, "2": 1, "3-5": 2, "6-10": 2, "11-100": 2, ">100": 2}
+
+
+def test_url_data_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """Progress logs are appended and fsynced: an object-store data dir cannot hold
+    them, and pathlib would turn gs://b into a local folder gs:/b. One line, no files."""
+    monkeypatch.chdir(tmp_path)
+    code = cli_main(["filter", "--model", str(tmp_path / "no-model"), "--data-dir", "gs://b/tfds", "--name", "pairs",
+                 "--pool-size", "10", "--output-name", "pairs_f"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--data-dir gs://b/tfds" in err[0] and "POSIX file system" in err[0] and "gcsfuse" in err[0]
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(E5Error, match="POSIX file system"):
+        filt.work_dir("gs://b/tfds", "pairs_f")

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.shard_size < 1:
         raise E5Error("--shard-size must be >= 1")
+    filt.work_dir(args.data_dir, args.output_name)  # a data dir the filter cannot use fails first
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from e5jax.data.ccpairs.builder import dataset_dir
 
