@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd_parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except (E5Error, FileNotFoundError) as e:
+    except (E5Error, OSError) as e:  # OSError: a path that is a folder, a file, missing, unwritable...
         print(f"e5jax {name}: error: {e}", file=sys.stderr)
         return 2
 

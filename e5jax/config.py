@@ -150,6 +150,16 @@ class TrainConfig:
     eval_every: int = 0  # held-out in-batch accuracy interval; 0 = only at the end
     eval_batches: int = 4  # held-out batches per evaluation
 
+    def __post_init__(self):
+        for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise E5Error(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:  # 0 = no update: the held-out metrics of the starting model
+            raise E5Error(f"train.steps must be >= 0 (0 = evaluate only), got {self.steps}")
+        for name in ("grad_cache_chunk", "eval_every"):
+            if getattr(self, name) < 0:
+                raise E5Error(f"train.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class Config:

@@ -15,10 +15,23 @@ import pathlib
 import shutil
 import tempfile
 
+from e5jax.errors import E5Error
 from e5jax.model import hf
 from e5jax.model.encoder import TextEncoder, encoder_params
 
 E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
+
+
+def check_output(out_dir: str | os.PathLike) -> pathlib.Path:
+    """An export replaces only an earlier export (marked by `e5jax.json`) or an
+    empty folder: never a workdir, a dataset or a file someone named by mistake."""
+    out = pathlib.Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise E5Error(f"--output {out} is a file; give a folder to write the export to")
+    if out.is_dir() and any(out.iterdir()) and not (out / "e5jax.json").is_file():
+        raise E5Error(f"--output {out} is a folder that is not an earlier e5jax export (no e5jax.json); "
+                      "refusing to replace it: give a new or empty folder")
+    return out
 
 
 def export(model: TextEncoder, tokenizer, out_dir: str | os.PathLike, *, max_seq_length: int = 512,
@@ -27,7 +40,7 @@ def export(model: TextEncoder, tokenizer, out_dir: str | os.PathLike, *, max_seq
     so a crash never leaves a half-written model where a good one was."""
     from safetensors.numpy import save_file
 
-    out = pathlib.Path(out_dir)
+    out = check_output(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     cfg = model.bert.cfg

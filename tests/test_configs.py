@@ -47,3 +47,10 @@ def test_overrides_are_typed_and_round_trip():
         replace(cfg, **{"train.steps": "1.5"})
     with pytest.raises(E5Error, match="train.batch_size=30 is not divisible"):
         replace(cfg, **{"train.batch_size": "30", "train.grad_cache_chunk": "8"})
+    # Counts and intervals the loop divides by or loops to are refused up front, naming the key.
+    for key, value, needle in (("train.log_every", "0", ">= 1"), ("train.checkpoint_every", "0", ">= 1"),
+                               ("train.steps", "-1", ">= 0"), ("train.batch_size", "0", ">= 1"),
+                               ("train.keep_checkpoints", "0", ">= 1"), ("train.eval_batches", "0", ">= 1"),
+                               ("train.eval_every", "-1", ">= 0"), ("train.grad_cache_chunk", "-8", ">= 0")):
+        with pytest.raises(E5Error, match=f"^{key.replace('.', '[.]')} must be {needle}.*, got {value}$"):
+            replace(cfg, **{key: value})

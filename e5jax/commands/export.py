@@ -11,9 +11,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from e5jax.export import export
+    from e5jax.export import check_output, export
     from e5jax.train.state import load_trained
 
+    check_output(args.output)  # before the (slow) restore
     model, tokenizer, _ = load_trained(args.workdir, step=args.step)
     out = export(model, tokenizer, args.output, max_seq_length=args.max_seq_length)
     print(f"exported to {out}")

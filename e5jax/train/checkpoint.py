@@ -41,13 +41,21 @@ def restore(mngr: ocp.CheckpointManager, abstract: nnx.State, shardings, *, step
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise E5Error(f"no checkpoint in {mngr.directory}")
+    if step not in mngr.all_steps():
+        raise E5Error(f"no checkpoint of step {step} in {mngr.directory}; it holds steps "
+                      f"{', '.join(map(str, sorted(mngr.all_steps())))}")
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nnx.to_pure_dict(abstract), nnx.to_pure_dict(shardings))
     items = {"state": ocp.args.StandardRestore(target)}
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, TypeError) as e:  # orbax's message is a dump of the whole tree
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise E5Error(f"checkpoint {step} in {mngr.directory} does not fit this model and optimizer "
+                      f"(saved with another model.arch / model.init?): {first}") from e
     state = jax.tree.map(lambda x: x, abstract)
     nnx.replace_by_pure_dict(state, restored["state"])
     return step, state

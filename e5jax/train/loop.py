@@ -7,6 +7,7 @@ checkpoint in `workdir` by itself, so the same command restarts a killed run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,8 @@ from e5jax.model import axes as ax
 from e5jax.train import checkpoint as ckpt
 from e5jax.train.metrics import MetricWriter, Progress
 from e5jax.train.optimizer import schedule
-from e5jax.train.state import abstract_state, compute_dtype, create_state, load_tokenizer
+from e5jax.train.state import (abstract_state, bert_config, compute_dtype, create_state, load_tokenizer,
+                               workdir_config)
 from e5jax.train.step import make_eval_step, make_train_step
 
 
@@ -109,6 +111,27 @@ def jit_steps(cfg: Config, graphdef, mesh, shardings, *, wrap=lambda f: f):
     return step_fn, eval_fn
 
 
+def _check_same_model(cfg: Config, workdir: epath.Path) -> None:
+    """Resuming: the model must be the one the checkpoints hold (else orbax fails
+    deep in a tree of mismatched shapes)."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    saved = workdir_config(str(workdir))
+    try:
+        old = bert_config(saved)
+    except E5Error:  # its model folder is gone or moved: nothing to compare with; the restore decides
+        return
+    new = bert_config(cfg)
+    diff = [f.name for f in dataclasses.fields(old)
+            if f.name not in ("hidden_dropout_prob", "attention_probs_dropout_prob")
+            and getattr(old, f.name) != getattr(new, f.name)]
+    if diff:
+        raise E5Error(f"{workdir} holds checkpoints of another model ({', '.join(diff[:4])} differ: it was "
+                      f"trained with model.init={saved.model.init!r} model.arch={saved.model.arch!r}); "
+                      "resume with that model or use a new --workdir")
+
+
 def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] | None = None,
           log: Callable[[str], None] = print) -> dict:
     """Run (or resume) training; returns the final metrics.
@@ -117,10 +140,7 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
     are checked (fault-injection tests use it to fake a non-finite loss).
     """
     workdir_p = epath.Path(workdir)
-    workdir_p.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        (workdir_p / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # ---------------------------------------------------------------- Mesh
     mesh = ax.make_mesh(cfg.mesh)
@@ -140,11 +160,16 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
     graphdef, abstract, shardings = abstract_state(cfg, mesh)
     mngr = ckpt.manager(workdir, keep=cfg.train.keep_checkpoints)
     if mngr.latest_step() is not None:
+        _check_same_model(cfg, workdir_p)
         start, state = ckpt.restore(mngr, abstract, shardings, iterator=train_it)
         log(f"resumed from step {start} in {mngr.directory}")
     else:
         graphdef, state = create_state(cfg, mesh)
         start = 0
+    # Only now, with the data, model and checkpoint in hand: a run that fails to
+    # start never rewrites the config a workdir's checkpoints were trained with.
+    if is_main:
+        (workdir_p / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     if is_main:
         layout = "padded to length buckets"

@@ -54,3 +54,33 @@ def test_embed_jsonl_input(minilm_dir, tmp_path):
     got = np.load(out)
     want = Encoder.from_pretrained(minilm_dir).encode(["first line", "second"])
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_export_replaces_only_an_earlier_export(exported, minilm_dir, tmp_path, capsys):
+    """A mistyped --output (a workdir, a dataset, a file) is refused and left as it
+    was; an earlier export (e5jax.json) or an empty folder is replaced."""
+    from e5jax.errors import E5Error
+
+    enc = Encoder.from_pretrained(minilm_dir)
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "10").mkdir(parents=True)
+    (workdir / "config.json").write_text("{}")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for target, needle in ((workdir, "not an earlier e5jax export"), (a_file, "is a file")):
+        with pytest.raises(E5Error, match=needle):
+            export(enc.model, enc.tokenizer, target, max_seq_length=MAX_LEN)
+    assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "config.json"]
+    assert (workdir / "checkpoints" / "10").is_dir() and a_file.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]  # no temp or .old leftovers
+    # The CLI refuses before restoring anything (a workdir that does not exist is never read).
+    capsys.readouterr()
+    code = main(["export", "--workdir", str(tmp_path / "missing"), "--output", str(workdir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not an earlier e5jax export" in err[0]
+    assert (workdir / "config.json").read_text() == "{}"
+    # An earlier export and an empty folder are fine to (re)write.
+    (tmp_path / "empty").mkdir()
+    for target in (exported, tmp_path / "empty"):
+        out = export(enc.model, enc.tokenizer, target, max_seq_length=MAX_LEN)
+        assert (out / "e5jax.json").is_file() and (out / "model.safetensors").is_file()

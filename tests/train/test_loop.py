@@ -202,3 +202,34 @@ def test_remote_metrics_log_is_rewritten_whole_and_keeps_history(tmp_path, monke
     # TensorBoard events of a remote run go next to the process, not to the bucket.
     assert list((tmp_path / "home2" / "e5jax-tensorboard" / "e5-base").glob("events.out.tfevents.*"))
     assert not (workdir / "tensorboard").exists()
+
+
+def test_a_run_that_cannot_start_leaves_the_workdir_as_it_was(capsys, tmp_path, tiny_overrides):
+    """config.json is what load_trained/export read: a failed start (a missing
+    dataset, another architecture) must not rewrite it, and resuming with
+    another model is refused in one line instead of an orbax tree dump."""
+    cfg = replace(load_config("configs/tiny_pretrain.py", tiny_overrides), **{"train.steps": 2})
+    workdir = tmp_path / "run"
+    train(cfg, str(workdir), log=lambda s: None)
+    saved = (workdir / "config.json").read_text()
+    base = ["train", "--config", "configs/tiny_pretrain.py", "--workdir", str(workdir)]
+    for o in tiny_overrides:
+        base += ["--set", o]
+    arch = json.loads(pathlib.Path("configs/tiny_bert.json").read_text())
+    other = tmp_path / "wider.json"
+    other.write_text(json.dumps(dict(arch, hidden_size=2 * arch["hidden_size"])))
+    for extra, needle in ((["--set", "data.name=nope"], "no dataset 'nope'"),
+                          (["--set", f"model.arch={other}", "--set", "train.steps=4"],
+                           "holds checkpoints of another model (hidden_size differ")):
+        capsys.readouterr()
+        code = main(base + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], err
+        assert (workdir / "config.json").read_text() == saved
+    model, _, _ = load_trained(str(workdir))  # the checkpoints still load with the kept config
+    assert model.bert.cfg.hidden_size == arch["hidden_size"]
+    # A first run that cannot start leaves no config.json behind.
+    code = main(["train", "--config", "configs/tiny_pretrain.py", "--workdir", str(tmp_path / "new"),
+                 "--set", "data.name=nope", *[x for o in tiny_overrides if not o.startswith("data.name") for x in
+                                              ("--set", o)]])
+    assert code == 2 and not (tmp_path / "new" / "config.json").exists()
