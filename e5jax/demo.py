@@ -128,9 +128,14 @@ def build(pairs: pathlib.Path, data_dir: pathlib.Path, heldout_fraction: float) 
     from e5jax.data.ccpairs.builder import build_dataset, load_summary
 
     try:
-        return load_summary(data_dir, DATASET)["summary"]  # built by an earlier run: reuse it
+        meta = load_summary(data_dir, DATASET)  # built by an earlier run: reuse it
     except E5Error:
         pass
+    else:
+        if meta.get("heldout_fraction", heldout_fraction) != heldout_fraction:
+            print(f"note: reusing the dataset built with --heldout-fraction {meta['heldout_fraction']}, "
+                  f"not {heldout_fraction}; delete {data_dir} to rebuild it")
+        return meta["summary"]
     return build_dataset(sorted(pairs.glob("*/pairs-*")), data_dir=data_dir, name=DATASET,
                          heldout_fraction=heldout_fraction)
 
@@ -221,10 +226,41 @@ def plot_curve(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 # ------------------------------------------------------------------ main
 
 
+def check_settings(workdir: str | pathlib.Path, *, steps: int, batch_size: int, debian_limit: int,
+                   heldout_fraction: float, pool_size: int, top_k: int, max_length: int,
+                   debian_file: str | None, wikipedia_limit: int | None) -> None:
+    """Every setting is checked before the first stage: a bad one fails in a
+    second, naming its flag, not after minutes of training."""
+    for flag, value, least in (("--steps", steps, 1), ("--batch-size", batch_size, 1),
+                               ("--pool-size", pool_size, 1), ("--top-k", top_k, 1),
+                               ("--max-length", max_length, 8)):  # 8: data.max_query_length's minimum
+        if value < least:
+            raise E5Error(f"{flag} must be >= {least}, got {value}")
+    if debian_limit < 0:
+        raise E5Error(f"--debian-limit must be >= 0 (0 = no limit), got {debian_limit}")
+    if wikipedia_limit is not None and wikipedia_limit < 0:
+        raise E5Error(f"wikipedia_limit must be >= 0 (0 = no limit), got {wikipedia_limit}")
+    if not 0 < heldout_fraction < 1:  # the held-out pairs are the evaluation set
+        raise E5Error(f"--heldout-fraction must be in (0, 1), got {heldout_fraction}")
+    if debian_file is not None and not pathlib.Path(debian_file).is_file():
+        raise E5Error(f"--debian {debian_file} is not a file; give a decompressed Debian Translation-en "
+                      "or leave --debian out to fetch it with apt")
+    root = pathlib.Path(workdir).absolute()
+    for folder in (root, *root.parents):  # the nearest existing one gets the new folders
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == root else f": {folder}"
+                raise E5Error(f"--workdir {workdir}{where} is a file, not a folder")
+            break
+
+
 def run_demo(workdir: str | pathlib.Path, *, steps: int = 60, batch_size: int = 32, debian_limit: int = 6000,
              heldout_fraction: float = 0.1, pool_size: int = 1000, top_k: int = 2, max_length: int = 64,
              debian_file: str | None = None, wikipedia_limit: int | None = None) -> int:
     """Run every stage; returns the exit status (0 only if the trained model beats the initial one)."""
+    check_settings(workdir, steps=steps, batch_size=batch_size, debian_limit=debian_limit,
+                   heldout_fraction=heldout_fraction, pool_size=pool_size, top_k=top_k, max_length=max_length,
+                   debian_file=debian_file, wikipedia_limit=wikipedia_limit)
     t_start = time.time()
     _T0[0] = t_start
     import tensorflow_datasets as tfds

@@ -172,6 +172,10 @@ def mine(
     if window[1] > top_n:
         raise E5Error(f"--rank-window end {window[1]} is deeper than --top-n {top_n}; raise --top-n")
     qids = [q for q in qrels if q in queries]
+    if not qids:  # bm25s and the dense ranker both fail obscurely on zero queries
+        raise E5Error(
+            f"no query id of the qrels ({len(qrels)} queries) is in the queries ({len(queries)}): nothing to mine"
+        )
     doc_ids = list(corpus)
     depth = retrieval_depth(top_n, {q: qrels[q] for q in qids}, len(doc_ids))
     q_texts = [queries[q] for q in qids]

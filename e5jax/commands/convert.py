@@ -17,11 +17,12 @@ each may be .gz / .bz2 / .zst compressed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import pathlib
 import re
 
 from e5jax.data.finetune import msmarco, nli, nq
-from e5jax.data.finetune.records import Stats, write_records
+from e5jax.data.finetune.records import Stats, check_output_file, write_records
 from e5jax.errors import E5Error
 
 NEGATIVE_SOURCES = ("hard-negatives", "triples", "text-triples", "random")
@@ -96,10 +97,21 @@ def _convert_msmarco(args: argparse.Namespace, k: int | None, stats: Stats):
     return mode, msmarco.convert_msmarco(collection, queries, qrels, negs, k, args.seed, stats)
 
 
+def _nothing_converted(inputs: list[str], what: str, output: str, stats: Stats) -> str:
+    """The one-line error when no record came out: what was seen, and that `output` is untouched."""
+    seen = ", ".join(f"{k}={v}" for k, v in sorted(stats.counts.items()) if v) or "nothing found in it"
+    first = f"; first malformed: {stats.malformed_examples[0]}" if stats.malformed_examples else ""
+    return (
+        f"nothing converted from --input {' '.join(inputs)} ({seen}{first}); "
+        f"is it {what} data? {output} was not written"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.num_negatives < -1:
         raise E5Error(f"--num-negatives must be >= 0 (or -1 for all), got {args.num_negatives}")
     k = None if args.num_negatives == -1 else args.num_negatives
+    check_output_file(args.output)  # before reading (possibly large) inputs
     stats = Stats()
     if args.format == "msmarco":
         mode, records = _convert_msmarco(args, k, stats)
@@ -112,7 +124,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         records = nli.convert_nli(nli.read_nli(args.input, stats), k, args.seed, stats)
         what = "nli"
-    n = write_records(records, args.output, stats)
+    records = iter(records)
+    first = next(records, None)
+    if first is None:  # never replace an existing output with an empty file
+        raise E5Error(_nothing_converted(args.input, what, args.output, stats))
+    n = write_records(itertools.chain([first], records), args.output, stats)
     print(f"e5jax convert {what}: wrote {n} records to {args.output}")
     print(stats.summary())
     return 0

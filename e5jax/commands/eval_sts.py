@@ -22,10 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e5jax.commands.eval import check_output_file
     from e5jax.errors import E5Error
     from e5jax.eval import sts
     from e5jax.model.encoder import Encoder
 
+    if args.max_length < 2 or args.batch_size < 1:
+        raise E5Error(f"--max-length must be >= 2, --batch-size >= 1; got {args.max_length} and {args.batch_size}")
+    output = check_output_file(args.output) if args.output else None  # before the work, not after it
     sts.read_pairs(args.pairs)  # fail on a bad file before loading the model
     if not pathlib.Path(args.model).is_dir():
         raise E5Error(f"--model {args.model} is not a folder")
@@ -34,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
                            max_length=args.max_length, batch_size=args.batch_size)
     print(f"{pathlib.Path(args.pairs).name}: {res['n_pairs']} pairs  "
           f"pearson {100 * res['pearson']:.2f}  spearman {100 * res['spearman']:.2f}")
-    if args.output:
+    if output is not None:
         out = {"model": encoder.name, "pairs": str(args.pairs), "prefix": args.prefix} | res
-        pathlib.Path(args.output).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0

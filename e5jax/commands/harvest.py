@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise E5Error(f"--workers {args.workers}: want 1 or more processes")
         os.environ[WORKERS_ENV] = str(args.workers)  # the harvest's worker processes inherit it
+    from e5jax.data.harvest.local import check_limit, require_pairs
+
+    check_limit(args.limit)
     cfg = CleanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CleanConfig)})
     if args.beam:
         from e5jax.data.harvest.beam import run_pipeline
@@ -61,5 +64,6 @@ def run(args: argparse.Namespace) -> int:
         summary = harvest(args.source, args.input, args.output, cfg, limit=args.limit,
                           compress=args.compress, tmp_dir=args.tmp_dir)
     print(summary.format())
+    require_pairs(summary)  # after the summary: its drop counts say why nothing was kept
     print(f"wrote {len(summary.shards)} shard(s) and summary.json to {args.output}", file=sys.stderr)
     return 0

@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
     qrels = beir.read_qrels(args.qrels, stats)
     if not corpus:
         raise E5Error(f"--corpus {args.corpus} holds no documents")
+    if not any(q in queries for q in qrels):  # checked before a model is loaded
+        raise E5Error(
+            f"no query id of --qrels {args.qrels} ({len(qrels)} queries) is in --queries {args.queries} "
+            f"({len(queries)} queries); give the queries and qrels of the same dataset"
+        )
     encoder = None
     if args.model:
         from e5jax.model.encoder import Encoder  # JAX only for dense mining

@@ -131,6 +131,21 @@ def cache_key(model_name: str, corpus_path: pathlib.Path, prefix: str, max_lengt
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def check_cache_dir(cache_dir: str | os.PathLike | None) -> None:
+    """A --cache-dir that cannot be a folder fails here, before a corpus is encoded."""
+    if cache_dir is None:
+        return
+    path = pathlib.Path(cache_dir).absolute()
+    for folder in (path, *path.parents):  # the nearest existing one gets the new folders
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == path else f": {folder}"
+                raise E5Error(f"--cache-dir {cache_dir}{where} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise E5Error(f"--cache-dir {cache_dir}: cannot write in folder {folder}")
+            return
+
+
 def encode_corpus(
     encode: EncodeFn,
     data: BeirData,
@@ -184,6 +199,7 @@ def evaluate_dataset(
     data = load_beir(folder, split)
     if not data.doc_ids:
         raise E5Error(f"{folder}/corpus.jsonl is empty")
+    check_cache_dir(cache_dir)
     corpus_path = pathlib.Path(folder) / "corpus.jsonl"
     docs, cached = encode_corpus(
         encode, data, corpus_path, model_name=model_name, prefix=passage_prefix,

@@ -292,11 +292,15 @@ class Encoder:
         Texts are sorted by length and padded to a few bucket lengths, and every
         batch has `batch_size` rows, so a long run compiles a handful of shapes.
         """
+        if batch_size < 1:
+            raise E5Error(f"batch_size must be >= 1, got {batch_size}")
+        if max_length is not None and max_length < 2:  # [CLS] and [SEP] take two tokens
+            raise E5Error(f"max_length must be >= 2 (or None: the encoder's default), got {max_length}")
         texts = [prefix + t for t in texts]
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
-        max_length = min(max_length or self.max_length, self.model.bert.cfg.max_length)
+        max_length = min(self.max_length if max_length is None else max_length, self.model.bert.cfg.max_length)
         ids = self.tokenize(texts, max_length)
         order = np.argsort([-len(x) for x in ids], kind="stable")
         buckets = encode_lengths(max_length)

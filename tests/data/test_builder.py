@@ -140,3 +140,28 @@ def test_grain_pipeline_reads_the_beam_build(beam_built, built, tokenizer):
                 for k in b["passage_key"]]
         assert len(keys) == len(src) // 50 * 50
         assert sorted(keys) == sorted(text_key(src[i]["passage"].decode()) for i in range(len(keys)))
+
+
+def test_failed_overwrite_keeps_the_old_dataset(tmp_path):
+    shard = write_jsonl(tmp_path / "p.jsonl", pair_lines(n=20))
+    empty = write_jsonl(tmp_path / "empty.jsonl", ["{oops"])
+    data_dir = tmp_path / "d"
+    build_dataset([shard], data_dir=data_dir, name="good", heldout_fraction=0.0)
+    before = sorted(p.name for p in (data_dir / "good" / "1.0.0").iterdir())
+    for _ in range(2):  # a second failure must not find leftovers of the first
+        with pytest.raises(E5Error, match="no records kept for split 'train' of 'good'"):
+            build_dataset([empty], data_dir=data_dir, name="good", heldout_fraction=0.0, overwrite=True)
+    assert sorted(p.name for p in (data_dir / "good" / "1.0.0").iterdir()) == before
+    assert len(load_source(data_dir, "good")) == 20
+    assert load_summary(data_dir, "good")["summary"]["splits"]["train"]["kept"] == 20
+    # A failed build of a new name leaves no empty folder (nor staging) behind.
+    assert cli_main(["build", "--pairs", str(empty), "--data-dir", str(data_dir), "--name", "fresh"]) == 2
+    assert sorted(p.name for p in data_dir.iterdir()) == ["good"]
+    with pytest.raises(E5Error, match="no records kept"):
+        build_dataset([empty], data_dir=tmp_path / "new_dir", name="fresh", heldout_fraction=0.0)
+    assert not (tmp_path / "new_dir").exists()
+    # A successful overwrite replaces it, with nothing left aside.
+    build_dataset([shard], data_dir=data_dir, name="good", heldout_fraction=0.5, overwrite=True)
+    assert len(load_source(data_dir, "good", "heldout")) > 0
+    assert sorted(p.name for p in data_dir.iterdir()) == ["good"]
+    assert [p.name for p in (data_dir / "good").iterdir()] == ["1.0.0"]

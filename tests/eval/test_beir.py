@@ -122,3 +122,46 @@ def test_eval_equals_sentence_transformers_and_pytrec_eval(minilm_dir, tmp_path,
     assert "from cache" in capsys.readouterr().out
     assert json.loads(out.read_text())["average"] == ours["average"]
     print(f"cached re-run {time.perf_counter() - t0:.1f}s")
+
+
+def _no_model_load(monkeypatch):
+    """Loading the model means the bad input was not checked up front: fail the test there."""
+    from e5jax.model.encoder import Encoder
+
+    def refuse(cls, *args, **kwargs):
+        pytest.fail("the model loaded before the bad input was refused")
+
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(refuse))
+
+
+@pytest.mark.parametrize("extra,flag,match", [
+    (["--output", "adir"], "--output", "is a folder"),
+    (["--output", "afile/res.json"], "--output", "is a file, not a folder"),
+    (["--output", "res.json", "--cache-dir", "afile"], "--cache-dir", "is a file, not a folder"),
+    (["--output", "res.json", "--cache-dir", "afile/cache"], "--cache-dir", "is a file, not a folder"),
+])
+def test_eval_output_and_cache_dir_are_checked_before_the_evaluation(tmp_path, capsys, monkeypatch, extra, flag,
+                                                                     match):
+    _no_model_load(monkeypatch)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("keep me\n")
+    extra = [x if x.startswith("--") else str(tmp_path / x) for x in extra]
+    rc = cli.main(["eval", "--model", str(tmp_path), "--beir", str(FIXTURE)] + extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and flag in err[0] and match in err[0]
+    assert (tmp_path / "afile").read_text() == "keep me\n" and not any((tmp_path / "adir").iterdir())
+    assert not (tmp_path / "res.json").exists()
+
+
+def test_cache_dir_that_is_a_file_fails_before_encoding(tmp_path):
+    folder = write(tmp_path / "ds", GOOD_C, GOOD_Q, GOOD_R)
+    (tmp_path / "afile").write_text("keep me\n")
+    calls = []
+
+    def encode(texts, prefix, *, max_length, batch_size):
+        calls.append(prefix)
+        return np.eye(len(texts), 4, dtype=np.float32)
+
+    with pytest.raises(E5Error, match=r"^--cache-dir .*afile is a file, not a folder$"):
+        beir.evaluate_dataset(encode, folder, model_name="m", cache_dir=tmp_path / "afile")
+    assert calls == [] and (tmp_path / "afile").read_text() == "keep me\n"

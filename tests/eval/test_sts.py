@@ -53,3 +53,48 @@ def test_eval_sts_equals_sentence_transformers(minilm_dir, tmp_path, capsys):
     assert ours["pearson"] == pytest.approx(stats.pearsonr(cos, gold).statistic, abs=1e-4)
     assert ours["spearman"] == pytest.approx(stats.spearmanr(cos, gold).statistic, abs=1e-4)
     assert ours["spearman"] > 0.7  # the hand-graded pairs are easy for a real model
+
+
+def _no_model_load(monkeypatch):
+    """Loading the model means the bad flag was not checked up front: fail the test there."""
+    from e5jax.model.encoder import Encoder
+
+    def refuse(cls, *args, **kwargs):
+        pytest.fail("the model loaded before the bad input was refused")
+
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(refuse))
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "-2"), ("--batch-size", "0"), ("--max-length", "0")])
+def test_eval_sts_refuses_nonpositive_batch_size_and_max_length(tmp_path, capsys, monkeypatch, flag, value):
+    _no_model_load(monkeypatch)
+    rc = cli.main(["eval-sts", "--model", str(tmp_path), "--pairs", str(PAIRS), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and flag in err[0] and value in err[0]
+
+
+@pytest.mark.parametrize("output,match", [("adir", "is a folder"), ("afile/sts.json", "is a file, not a folder")])
+def test_eval_sts_output_is_checked_before_the_evaluation(tmp_path, capsys, monkeypatch, output, match):
+    _no_model_load(monkeypatch)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("keep me\n")
+    rc = cli.main(["eval-sts", "--model", str(tmp_path), "--pairs", str(PAIRS), "--output", str(tmp_path / output)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--output" in err[0] and match in err[0]
+    assert (tmp_path / "afile").read_text() == "keep me\n" and not any((tmp_path / "adir").iterdir())
+
+
+def test_eval_sts_output_in_a_new_folder_is_written(tmp_path, capsys, monkeypatch):
+    """The results of the whole evaluation are not lost to a missing output folder."""
+    from e5jax.model.encoder import Encoder
+
+    class Fake:
+        name = "fake"
+
+        def encode(self, texts, prefix="", *, max_length, batch_size):
+            return np.array([[len(t), t.count(" ") + 1.0] for t in texts], np.float32)
+
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(lambda cls, *a, **k: Fake()))
+    out = tmp_path / "new" / "sub" / "sts.json"
+    assert cli.main(["eval-sts", "--model", str(tmp_path), "--pairs", str(PAIRS), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["n_pairs"] == 32

@@ -156,3 +156,25 @@ def test_nli_snli_and_multinli(tmp_path, capsys):
 def test_nli_groups_across_files_by_premise():
     groups = nli.read_nli([FIX / "nli" / "snli_1.0_train.jsonl"], Stats())
     assert len(groups["A boy is jumping on skateboard in the middle of a red bridge."]["entailment"]) == 2
+
+
+@pytest.mark.parametrize("content", ["", "{oops\n" + json.dumps({"query": "a pairs line", "passage": "p"}) + "\n"])
+def test_nothing_converted_is_an_error_and_keeps_the_old_output(tmp_path, capsys, content):
+    src = tmp_path / "in.jsonl"
+    src.write_text(content)
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous output\n")
+    assert cli.main(["convert", "nli", "--input", str(src), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"nothing converted from --input {src}" in err, err
+    assert ("malformed=2" in err) == bool(content), err
+    assert out.read_text() == "previous output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no .tmp left
+
+
+def test_output_that_is_a_directory_is_refused(tmp_path, capsys):
+    (tmp_path / "adir").mkdir()
+    assert cli.main(["convert", "msmarco", "--input", str(MS), "--output", str(tmp_path / "adir")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a directory" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"] and not any((tmp_path / "adir").iterdir())

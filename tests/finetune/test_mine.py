@@ -203,3 +203,22 @@ def test_mine_cli_dense_with_real_encoder_equals_brute_force(tmp_path, minilm_di
     ranked = {q: [ids[j] for j in row] for q, row in zip(queries, _brute_force(q_emb, d_emb, 21))}
     want = list(mine.mine_records(queries, corpus, qrels, ranked, (1, 20), 3, 2, "mined", Stats()))
     assert list(read_records(out)) == want
+
+
+@pytest.mark.parametrize("empty", ["queries", "qrels", "neither"])
+def test_mine_cli_without_a_shared_query_id_is_a_one_line_error(tmp_path, capsys, empty):
+    queries, corpus, qrels = _debian(20)
+    if empty == "neither":  # both hold ids, but none in common
+        qrels = {f"other-{q}": ps for q, ps in qrels.items()}
+    args = _write_beir(tmp_path, queries, corpus, qrels)
+    if empty != "neither":
+        (tmp_path / f"{empty}.{'tsv' if empty == 'qrels' else 'jsonl'}").write_text("")
+    out = tmp_path / "mined.jsonl"
+    assert cli.main(["mine", "--bm25", *args, "--top-n", "10", "--rank-window", "0:10", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no query id of --qrels {tmp_path / 'qrels.tsv'}" in err[0], err
+    assert f"--queries {tmp_path / 'queries.jsonl'} ({0 if empty == 'queries' else 20} queries)" in err[0], err
+    assert not out.exists()
+    with pytest.raises(E5Error, match="nothing to mine"):
+        mine.mine({} if empty == "queries" else queries, corpus, {} if empty == "qrels" else qrels,
+                  method="bm25", top_n=10, window=(0, 10), stats=Stats())

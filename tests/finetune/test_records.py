@@ -71,3 +71,20 @@ def test_open_text_reads_gzip(tmp_path):
 def test_join_title_text():
     assert R.join_title_text(" Title ", "text.") == "Title text."
     assert R.join_title_text("", "text") == R.join_title_text(None, "text") == "text"
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_tmp(tmp_path):
+    out = tmp_path / "ft.jsonl"
+    out.write_text("old\n")
+
+    def breaks_midway():
+        yield R.make_record("q", "p", ["n"], "s", "1")
+        raise E5Error("converter failed")
+
+    with pytest.raises(E5Error, match="converter failed"):
+        R.write_records(breaks_midway(), out)
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["ft.jsonl"]
+    with pytest.raises(E5Error, match="is a directory"):
+        R.write_records([], tmp_path)
+    with pytest.raises(E5Error, match="ft.jsonl is a file, not a directory"):
+        R.write_records([], out / "x.jsonl")

@@ -9,8 +9,10 @@ import json
 import pytest
 import zstandard
 
+from e5jax.cli import main
 from e5jax.data.harvest import CleanConfig, harvest
 from e5jax.data.harvest.writer import ShardWriter
+from e5jax.errors import E5Error
 from tests.harvest import formats
 from tests.harvest.helpers import dropped, read_pairs
 
@@ -92,3 +94,48 @@ def test_shards_written_before_an_error_stay_intact(tmp_path):
     assert names == ["pairs-00000.jsonl.gz", "pairs-00001.jsonl.gz"]
     lines = [json.loads(x) for n in names for x in gzip.decompress((tmp_path / n).read_bytes()).splitlines()]
     assert [x["id"] for x in lines] == ["0", "1", "2", "3", "4"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("case", ["empty", "wrong_format", "corrupt_gz"])
+def test_cli_nothing_kept_is_a_one_line_error(tmp_path, capsys, case):
+    source, name, reason = {"empty": ("jsonl", "empty.jsonl", "nothing dropped"),
+                            "wrong_format": ("wikipedia", "pairs.jsonl", "nothing dropped"),
+                            "corrupt_gz": ("jsonl", "pairs.jsonl.gz", "corrupt_stream=1")}[case]
+    p = tmp_path / name
+    p.write_bytes({"empty": b"", "wrong_format": b"\n".join(_jsonl_lines(20)),
+                   "corrupt_gz": gzip.compress(b"\n".join(_jsonl_lines(20)))[:10] + b"\xff" * 200}[case])
+    rc = main(["harvest", source, "--input", str(p), "--output", str(tmp_path / "out"), "--workers", "1"])
+    assert rc == 2
+    out, err = capsys.readouterr()
+    assert f"{source}: kept 0 pairs" in out  # the summary first, then one error line naming the input and why
+    assert len(err.strip().splitlines()) == 1 and "kept 0 pairs" in err and str(p) in err and reason in err, err
+    assert not list((tmp_path / "out").glob("pairs-*")) and (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_cli_limit_below_one_is_refused(tmp_path, capsys, limit):
+    inputs = formats.write_jsonl(tmp_path)
+    assert main(["harvest", "jsonl", "--input", *inputs, "--output", str(tmp_path / "out"), "--limit", limit]) == 2
+    assert f"--limit {limit}" in _one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(E5Error, match="--limit"):
+        harvest("jsonl", inputs, tmp_path / "out", limit=int(limit))
+    assert harvest("jsonl", inputs, tmp_path / "out", limit=1).kept == 1 == len(read_pairs(tmp_path / "out"))
+
+
+def test_cli_input_folder_and_output_file_are_one_line_errors(tmp_path, capsys):
+    inputs = formats.write_jsonl(tmp_path)
+    (tmp_path / "adir").mkdir()
+    assert main(["harvest", "jsonl", "--input", str(tmp_path / "adir"), "--output", str(tmp_path / "out")]) == 2
+    assert "adir is a directory" in _one_line_error(capsys)
+    afile = tmp_path / "afile"
+    afile.write_text("kept as it is\n")
+    assert main(["harvest", "jsonl", "--input", *inputs, "--output", str(afile)]) == 2
+    assert "afile is a file" in _one_line_error(capsys)
+    assert afile.read_text() == "kept as it is\n"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import pathlib
 import re
+import uuid
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -212,41 +213,77 @@ def build_dataset(
         raise E5Error(f"--max-chars must be >= 1, got {max_chars}")
     records.expand_inputs(inputs)  # fail early, before TFDS creates folders
     cls = builder_class(kind, name)
+    root = epath.Path(data_dir)
+    final = root / name / VERSION
+    if final.exists() and not overwrite:
+        raise E5Error(f"{final} already exists; pass --overwrite or choose another --name")
+    # Build into a hidden staging data dir and swap it in only on success: a
+    # failed (or killed) build never touches the dataset already there, and
+    # leaves no empty DATA_DIR/NAME behind.
+    # Object stores have no folder rename: a gs:// build is written in place (TFDS
+    # regenerates it on --overwrite) and gets no such guarantee.
+    remote = "://" in str(data_dir)
+    root_existed = root.exists()
+    staging = root if remote else root / f".{name}.building-{uuid.uuid4().hex[:12]}"
     builder = cls(
-        data_dir=str(data_dir),
+        data_dir=str(staging),
         inputs=inputs,
         heldout_fraction=heldout_fraction,
         max_chars=max_chars,
         use_beam=bool(beam_runner or beam_options),
         file_format="array_record",
     )
-    if builder.is_prepared() and not overwrite:
-        raise E5Error(f"{builder.data_dir} already exists; pass --overwrite or choose another --name")
-    modes = tfds.download.GenerateMode
-    mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_CACHE_IF_EXISTS
     options = None
     if beam_options:
         from apache_beam.options.pipeline_options import PipelineOptions
 
         options = PipelineOptions(list(beam_options))
+    modes = tfds.download.GenerateMode
     config = tfds.download.DownloadConfig(
-        download_mode=mode, beam_runner=beam_runner, beam_options=options, try_download_gcs=False
+        download_mode=modes.FORCE_REDOWNLOAD if remote and overwrite else modes.REUSE_CACHE_IF_EXISTS,
+        beam_runner=beam_runner,
+        beam_options=options,
+        try_download_gcs=False,
     )
     try:
-        builder.download_and_prepare(download_config=config)
-    except Exception as e:  # TFDS: 'Failed to finalize writing of split "x": No examples were yielded.'
-        if "No examples were yielded" not in str(e):
-            raise
-        split = "heldout" if '"heldout"' in str(e) else "train"
-        raise E5Error(
-            f"no records kept for split {split!r} of {name!r} ({_dropped_line(builder.summary)}); "
-            + ("raise --heldout-fraction or set it to 0" if split == "heldout" else "check the input shards")
-        ) from e
+        try:
+            builder.download_and_prepare(download_config=config)
+        except Exception as e:  # TFDS: 'Failed to finalize writing of split "x": No examples were yielded.'
+            if "No examples were yielded" not in str(e):
+                raise
+            split = "heldout" if '"heldout"' in str(e) else "train"
+            raise E5Error(
+                f"no records kept for split {split!r} of {name!r} ({_dropped_line(builder.summary)}); "
+                + ("raise --heldout-fraction or set it to 0" if split == "heldout" else "check the input shards")
+            ) from e
+        if not remote:
+            _swap_in(staging / name / VERSION, final)
+    finally:
+        if not remote:
+            if staging.exists():
+                staging.rmtree()
+            if not root_existed and root.exists() and not any(root.iterdir()):
+                root.rmdir()
     summary = builder.summary
-    summary.update(
-        path=str(builder.data_dir), kind=kind, heldout_fraction=heldout_fraction, max_chars=max_chars
-    )
+    summary.update(path=str(final), kind=kind, heldout_fraction=heldout_fraction, max_chars=max_chars)
     return summary
+
+
+def _swap_in(built: epath.Path, final: epath.Path) -> None:
+    """Replace `final` by the freshly built `built`; the old version is deleted only once the new one is in place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+    had_old = final.exists()
+    if had_old:
+        final.rename(old)
+    try:
+        built.rename(final)
+    except BaseException:
+        if had_old:
+            old.rename(final)
+        raise
+    if had_old:
+        old.rmtree()
 
 
 def _dropped_line(summary: dict) -> str:

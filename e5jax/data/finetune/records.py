@@ -177,21 +177,37 @@ def make_record(
     return rec
 
 
+def check_output_file(path: str | os.PathLike, flag: str = "--output") -> pathlib.Path:
+    """`path` as a Path, or a one-line error if it cannot be a file to write (checked before any work)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise E5Error(f"{flag} {path} is a directory; give a file path such as {path / 'records.jsonl'}")
+    bad = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if bad is not None:
+        raise E5Error(f"{flag} {path}: {bad} is a file, not a directory")
+    return path
+
+
 def write_records(records: Iterable[Record], path: str | os.PathLike, stats: Stats | None = None) -> int:
     """Write records as JSONL (UTF-8, one per line) and return how many.
 
     Written to a temporary file and renamed at the end, so an interrupted run
-    never leaves a truncated file that looks complete.
+    never leaves a truncated file that looks complete; on error the temporary
+    is removed and an existing `path` is left as it was.
     """
-    path = pathlib.Path(path)
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if stats is not None:
         stats.add("records", n)
     return n

@@ -28,6 +28,26 @@ class _Limit(Exception):
     """Raised internally when `--limit` pairs have been kept."""
 
 
+def check_limit(limit: int | None) -> None:
+    """None means no limit; 0 or less would still keep one pair (the check follows a write), so refuse it."""
+    if limit is not None and limit < 1:
+        raise E5Error(f"harvest: --limit {limit}: want 1 or more pairs (leave --limit out for no limit)")
+
+
+def require_pairs(summary: Summary) -> None:
+    """A harvest that kept nothing is an error, not an empty success: name the inputs and the top drop reasons."""
+    if summary.kept > 0:
+        return
+    inputs = " ".join(summary.inputs[:3]) + (f" (+{len(summary.inputs) - 3} more)" if len(summary.inputs) > 3 else "")
+    top = sorted(summary.dropped.items(), key=lambda kv: -kv[1])[:3]
+    why = "dropped " + ", ".join(f"{r}={n:,}" for r, n in top) if top else "nothing dropped"
+    hint = f"is it empty, or not in {summary.source} format?" if summary.records == 0 else "see summary.json"
+    raise E5Error(
+        f"harvest {summary.source}: kept 0 pairs from --input {inputs} "
+        f"({summary.records:,} records read, {why}); {hint}"
+    )
+
+
 def _records(source: Source, inputs: Sequence[str], cfg: CleanConfig, summary: Summary) -> Iterator[Record]:
     """Every record of every input; drops are counted, not passed on."""
     bar = tqdm(total=sum(os.path.getsize(p) for p in inputs), unit="B", unit_scale=True,
@@ -70,12 +90,17 @@ def harvest(
     """Harvest `inputs` (files in `source_name`'s format) into pair shards in
     `output`; returns (and writes) the summary. Stops after `limit` pairs."""
     source = get_source(source_name)
-    missing = [p for p in inputs if not os.path.isfile(p)]
-    if missing:
-        raise E5Error(f"harvest: input file not found: {missing[0]}")
+    check_limit(limit)
+    for p in inputs:
+        if os.path.isdir(p):
+            raise E5Error(f"harvest: --input {p} is a directory; pass the dump files inside it")
+        if not os.path.isfile(p):
+            raise E5Error(f"harvest: input file not found: {p}")
     if not inputs:
         raise E5Error("harvest: give at least one --input file")
     out = pathlib.Path(output)
+    if out.exists() and not out.is_dir():
+        raise E5Error(f"harvest: --output {out} is a file; give a folder for the pair shards and summary.json")
     if out.exists() and any(out.glob("pairs-*")):
         raise E5Error(f"harvest: {out} already holds pair shards; choose an empty --output folder")
     summary = Summary(source.name, inputs=[str(p) for p in inputs], config=cfg.to_dict())
