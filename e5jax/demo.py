@@ -35,6 +35,7 @@ import time
 import zipfile
 
 from e5jax.errors import E5Error
+from e5jax.paths import check_folder
 
 GENSIM_WHEEL = "gensim==4.4.0"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -245,13 +246,7 @@ def check_settings(workdir: str | pathlib.Path, *, steps: int, batch_size: int, 
     if debian_file is not None and not pathlib.Path(debian_file).is_file():
         raise E5Error(f"--debian {debian_file} is not a file; give a decompressed Debian Translation-en "
                       "or leave --debian out to fetch it with apt")
-    root = pathlib.Path(workdir).absolute()
-    for folder in (root, *root.parents):  # the nearest existing one gets the new folders
-        if folder.exists():
-            if not folder.is_dir():
-                where = "" if folder == root else f": {folder}"
-                raise E5Error(f"--workdir {workdir}{where} is a file, not a folder")
-            break
+    check_folder(workdir, "--workdir")
 
 
 def run_demo(workdir: str | pathlib.Path, *, steps: int = 60, batch_size: int = 32, debian_limit: int = 6000,

@@ -43,13 +43,13 @@ def read_texts(path: pathlib.Path) -> list[str]:
 def npy_path(output: str) -> pathlib.Path:
     """The file the embeddings go to: --output, with `.npy` appended as `np.save`
     does when it lacks one; checked before the model loads."""
-    from e5jax.commands.eval import check_output_file
+    from e5jax.paths import check_file
 
-    check_output_file(output)
+    check_file(output)
     path = pathlib.Path(output)
     if path.name.endswith(".npy"):
         return path
-    return check_output_file(str(path.with_name(path.name + ".npy")))
+    return check_file(str(path.with_name(path.name + ".npy")))
 
 
 def run(args) -> int:

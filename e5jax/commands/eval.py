@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 
 from e5jax.errors import E5Error
+from e5jax.paths import check_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_length < 2 or args.batch_size < 1 or args.top_k < 1:
         raise E5Error("--max-length must be >= 2, --batch-size and --top-k >= 1")
-    path = check_output_file(args.output)  # fail before the evaluation, not after it
+    path = check_file(args.output)  # fail before the evaluation, not after it
     beir.check_cache_dir(args.cache_dir)
     for folder in args.beir:  # fail before loading the model
         beir.load_beir(folder, args.split)
@@ -70,19 +70,3 @@ def run(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
     return 0
-
-
-def check_output_file(output: str, flag: str = "--output") -> pathlib.Path:
-    """The file `output` names can be written: not a folder, and its parent is a
-    folder or can be made one. Called before long work, whose results it holds."""
-    path = pathlib.Path(output)
-    if path.is_dir():
-        raise E5Error(f"{flag} {output} is a folder; give a file name")
-    for parent in path.absolute().parents:  # the nearest existing ancestor gets the new folders
-        if parent.exists():
-            if not parent.is_dir():
-                raise E5Error(f"{flag} {output}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise E5Error(f"{flag} {output}: cannot write in folder {parent}")
-            break
-    return path

@@ -22,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from e5jax.commands.eval import check_output_file
+    from e5jax.paths import check_file
     from e5jax.errors import E5Error
     from e5jax.eval import sts
     from e5jax.model.encoder import Encoder
 
     if args.max_length < 2 or args.batch_size < 1:
         raise E5Error(f"--max-length must be >= 2, --batch-size >= 1; got {args.max_length} and {args.batch_size}")
-    output = check_output_file(args.output) if args.output else None  # before the work, not after it
+    output = check_file(args.output) if args.output else None  # before the work, not after it
     sts.read_pairs(args.pairs)  # fail on a bad file before loading the model
     if not pathlib.Path(args.model).is_dir():
         raise E5Error(f"--model {args.model} is not a folder")

@@ -26,6 +26,7 @@ import numpy as np
 
 from e5jax.errors import E5Error
 from e5jax.eval import metrics
+from e5jax.paths import check_folder
 
 TOP_K = 1000
 EncodeFn = Callable[..., np.ndarray]  # Encoder.encode(texts, prefix, *, max_length, batch_size)
@@ -133,17 +134,8 @@ def cache_key(model_name: str, corpus_path: pathlib.Path, prefix: str, max_lengt
 
 def check_cache_dir(cache_dir: str | os.PathLike | None) -> None:
     """A --cache-dir that cannot be a folder fails here, before a corpus is encoded."""
-    if cache_dir is None:
-        return
-    path = pathlib.Path(cache_dir).absolute()
-    for folder in (path, *path.parents):  # the nearest existing one gets the new folders
-        if folder.exists():
-            if not folder.is_dir():
-                where = "" if folder == path else f": {folder}"
-                raise E5Error(f"--cache-dir {cache_dir}{where} is a file, not a folder")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise E5Error(f"--cache-dir {cache_dir}: cannot write in folder {folder}")
-            return
+    if cache_dir is not None:
+        check_folder(cache_dir, "--cache-dir")
 
 
 def encode_corpus(

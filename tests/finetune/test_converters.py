@@ -176,5 +176,5 @@ def test_output_that_is_a_directory_is_refused(tmp_path, capsys):
     (tmp_path / "adir").mkdir()
     assert cli.main(["convert", "msmarco", "--input", str(MS), "--output", str(tmp_path / "adir")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is a directory" in err, err
+    assert len(err.splitlines()) == 1 and "is a folder" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"] and not any((tmp_path / "adir").iterdir())

@@ -31,6 +31,7 @@ from typing import IO, Any, NotRequired, TypedDict
 import numpy as np
 
 from e5jax.errors import E5Error
+from e5jax.paths import check_file
 
 
 class Record(TypedDict):
@@ -179,13 +180,7 @@ def make_record(
 
 def check_output_file(path: str | os.PathLike, flag: str = "--output") -> pathlib.Path:
     """`path` as a Path, or a one-line error if it cannot be a file to write (checked before any work)."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise E5Error(f"{flag} {path} is a directory; give a file path such as {path / 'records.jsonl'}")
-    bad = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if bad is not None:
-        raise E5Error(f"{flag} {path}: {bad} is a file, not a directory")
-    return path
+    return check_file(path, flag)
 
 
 def write_records(records: Iterable[Record], path: str | os.PathLike, stats: Stats | None = None) -> int:

@@ -1,0 +1,37 @@
+"""Paths named on the command line, checked before the work whose results they
+will hold: a run must not compute for minutes and then fail to write."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from e5jax.errors import E5Error
+
+
+def _check_ancestors(path: pathlib.Path, given: str | os.PathLike, flag: str) -> None:
+    """The nearest existing folder at or above `path` is a writable folder (it gets the new ones)."""
+    full = path.absolute()
+    for folder in (full, *full.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == pathlib.Path(given).absolute() else f": {folder}"
+                raise E5Error(f"{flag} {given}{where} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise E5Error(f"{flag} {given}: cannot write in folder {folder}")
+            return
+
+
+def check_folder(path: str | os.PathLike, flag: str) -> pathlib.Path:
+    """`path` is a folder, or can be made one."""
+    _check_ancestors(pathlib.Path(path), path, flag)
+    return pathlib.Path(path)
+
+
+def check_file(path: str | os.PathLike, flag: str = "--output") -> pathlib.Path:
+    """`path` can be written as a file: not a folder, and its folder exists or can be made."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        raise E5Error(f"{flag} {path} is a folder; give a file name")
+    _check_ancestors(p.parent, path, flag)
+    return p
