@@ -50,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
             raise E5Error(f"--workers {args.workers}: want 1 or more processes")
         os.environ[WORKERS_ENV] = str(args.workers)  # the harvest's worker processes inherit it
     from e5jax.data.harvest.local import check_limit, require_pairs
+    from e5jax.errors import E5Error
 
     check_limit(args.limit)
+    if args.beam and args.limit is not None:  # Beam reads every file in parallel: no global first-N
+        raise E5Error("--limit does not apply to --beam runs; drop it (or harvest locally)")
     cfg = CleanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CleanConfig)})
     if args.beam:
         from e5jax.data.harvest.beam import run_pipeline

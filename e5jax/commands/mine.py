@@ -15,6 +15,7 @@ the sharded retrieval core; `--bm25` uses bm25s instead.
 from __future__ import annotations
 
 import argparse
+import itertools
 
 from e5jax import mine
 from e5jax.data.finetune import beir
@@ -70,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
         stats=stats, encoder=encoder, query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
         max_length=args.max_length, batch_size=args.batch_size,
     )  # fmt: skip
-    n = write_records(records, args.output, stats)
+    records = iter(records)
+    first = next(records, None)
+    if first is None:  # an empty output would look like a finished mining run
+        seen = ", ".join(f"{k}={v}" for k, v in sorted(stats.counts.items()) if v) or "no query with a positive"
+        raise E5Error(f"no record mined ({seen}): are the --qrels positives in --corpus {args.corpus}? "
+                      f"{args.output} was not written")
+    n = write_records(itertools.chain([first], records), args.output, stats)
     print(f"e5jax mine ({'bm25' if args.bm25 else 'dense'}): wrote {n} records to {args.output}")
     print(stats.summary())
     return 0

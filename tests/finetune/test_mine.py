@@ -222,3 +222,19 @@ def test_mine_cli_without_a_shared_query_id_is_a_one_line_error(tmp_path, capsys
     with pytest.raises(E5Error, match="nothing to mine"):
         mine.mine({} if empty == "queries" else queries, corpus, {} if empty == "qrels" else qrels,
                   method="bm25", top_n=10, window=(0, 10), stats=Stats())
+
+
+def test_mine_cli_with_no_positive_in_the_corpus_writes_nothing(tmp_path, capsys):
+    """Queries and qrels match, but every positive is missing from the corpus: no
+    record can be made, and an empty file would look like a finished run."""
+    queries, _, qrels = _debian(20)
+    positives = {p for ps in qrels.values() for p in ps}
+    corpus = {d: t for d, t in _debian(40)[1].items() if d not in positives}  # other packages only
+    assert len(corpus) >= 10
+    args = _write_beir(tmp_path, queries, corpus, qrels)
+    out = tmp_path / "mined.jsonl"
+    out.write_text("earlier run\n")
+    assert cli.main(["mine", "--bm25", *args, "--top-n", "10", "--rank-window", "0:10", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no record mined (" in err[0] and "missing_passage=" in err[0], err
+    assert out.read_text() == "earlier run\n"

@@ -48,3 +48,21 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     rc = main(["harvest", "jsonl", "--input", *formats.write_jsonl(tmp_path), "--output", str(tmp_path / "o"),
                "--min-query-words", "0"])
     assert rc == 2 and "min_query_words" in capsys.readouterr().err
+
+
+def test_beam_harvest_that_keeps_nothing_leaves_no_shard(tmp_path, capsys):
+    """An input of the wrong format keeps no pair: exit 2 with one line, the summary
+    written, and no empty `pairs-*` shard that a build would take for data."""
+    inputs = formats.write_debian(tmp_path, n=5)  # Debian text given to the jsonl harvester
+    out = tmp_path / "o"
+    rc = main(["harvest", "jsonl", "--beam", "--input", *inputs, "--output", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kept 0 pairs from --input" in err[0], err
+    assert summary(out)["kept"] == 0 and summary(out)["shards"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    # --limit cannot apply to a Beam run: refused instead of ignored.
+    rc = main(["harvest", "debian", "--beam", "--input", *inputs, "--output", str(tmp_path / "o2"), "--limit", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--limit does not apply to --beam" in err[0]
+    assert not (tmp_path / "o2").exists()

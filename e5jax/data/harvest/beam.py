@@ -153,6 +153,9 @@ def run_pipeline(source_name: str, inputs: Sequence[str], output: str, cfg: Clea
     summary.seconds = time.perf_counter() - start
     out = epath.Path(output)  # a local folder or gs:// (read through gcsfs)
     out.mkdir(parents=True, exist_ok=True)
+    if summary.kept == 0:  # WriteToText still writes (empty) shards: none should pass for a harvest
+        for f in out.glob("pairs-*"):
+            f.unlink()
     summary.shards = sorted(f.name for f in out.glob("pairs-*"))
     summary.write(out)
     return summary
