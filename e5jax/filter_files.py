@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from e5jax.errors import E5Error
+from e5jax.paths import is_url
 
 # (label, lowest rank): the report's rank histogram; each bin ends where the next starts.
 RANK_BINS = (("1", 1), ("2", 2), ("3-5", 3), ("6-10", 6), ("11-100", 11), (">100", 101))
@@ -33,7 +34,7 @@ RANK_BINS = (("1", 1), ("2", 2), ("3-5", 3), ("6-10", 6), ("11-100", 11), (">100
 def work_dir(data_dir: str | os.PathLike, output_name: str) -> pathlib.Path:
     """DATA_DIR/OUTPUT_NAME.work. Its progress logs are appended and fsynced, which
     object stores cannot do: a URL data dir is refused, naming the fix."""
-    if "://" in str(data_dir):
+    if is_url(data_dir):
         raise E5Error(f"--data-dir {data_dir}: the filter appends and fsyncs its progress logs next to the "
                       "data, which needs a POSIX file system (shared by all hosts on a pod): give a local or "
                       "mounted folder (e.g. the bucket mounted with gcsfuse), not a URL")

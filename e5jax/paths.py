@@ -9,6 +9,12 @@ import pathlib
 from e5jax.errors import E5Error
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """gs://, s3://, ...: an object store, reached through epath/fsspec, where
+    pathlib would fold `gs://b` into `gs:/b` and files cannot be appended to."""
+    return "://" in str(path)
+
+
 def _check_ancestors(path: pathlib.Path, given: str | os.PathLike, flag: str) -> None:
     """The nearest existing folder at or above `path` is a writable folder (it gets the new ones)."""
     full = path.absolute()

@@ -22,8 +22,9 @@ import pathlib
 import re
 
 from e5jax.data.finetune import msmarco, nli, nq
-from e5jax.data.finetune.records import Stats, check_output_file, write_records
+from e5jax.data.finetune.records import Stats, write_records
 from e5jax.errors import E5Error
+from e5jax.paths import check_file
 
 NEGATIVE_SOURCES = ("hard-negatives", "triples", "text-triples", "random")
 
@@ -99,7 +100,7 @@ def _convert_msmarco(args: argparse.Namespace, k: int | None, stats: Stats):
 
 def _nothing_converted(inputs: list[str], what: str, output: str, stats: Stats) -> str:
     """The one-line error when no record came out: what was seen, and that `output` is untouched."""
-    seen = ", ".join(f"{k}={v}" for k, v in sorted(stats.counts.items()) if v) or "nothing found in it"
+    seen = stats.nonzero() or "nothing found in it"
     first = f"; first malformed: {stats.malformed_examples[0]}" if stats.malformed_examples else ""
     return (
         f"nothing converted from --input {' '.join(inputs)} ({seen}{first}); "
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_negatives < -1:
         raise E5Error(f"--num-negatives must be >= 0 (or -1 for all), got {args.num_negatives}")
     k = None if args.num_negatives == -1 else args.num_negatives
-    check_output_file(args.output)  # before reading (possibly large) inputs
+    check_file(args.output)  # before reading (possibly large) inputs
     stats = Stats()
     if args.format == "msmarco":
         mode, records = _convert_msmarco(args, k, stats)

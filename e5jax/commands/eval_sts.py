@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from e5jax.paths import check_file
     from e5jax.errors import E5Error
     from e5jax.eval import sts
     from e5jax.model.encoder import Encoder
+    from e5jax.paths import check_file
 
     if args.max_length < 2 or args.batch_size < 1:
         raise E5Error(f"--max-length must be >= 2, --batch-size >= 1; got {args.max_length} and {args.batch_size}")

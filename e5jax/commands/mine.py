@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     records = iter(records)
     first = next(records, None)
     if first is None:  # an empty output would look like a finished mining run
-        seen = ", ".join(f"{k}={v}" for k, v in sorted(stats.counts.items()) if v) or "no query with a positive"
+        seen = stats.nonzero() or "no query with a positive"
         raise E5Error(f"no record mined ({seen}): are the --qrels positives in --corpus {args.corpus}? "
                       f"{args.output} was not written")
     n = write_records(itertools.chain([first], records), args.output, stats)

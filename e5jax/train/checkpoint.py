@@ -14,11 +14,12 @@ from etils import epath
 from flax import nnx
 
 from e5jax.errors import E5Error
+from e5jax.paths import is_url
 
 
 def manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
     # orbax wants absolute paths; local relative workdirs (the common case) are resolved.
-    path = (epath.Path(workdir) if "://" in str(workdir) else epath.Path(workdir).resolve()) / "checkpoints"
+    path = (epath.Path(workdir) if is_url(workdir) else epath.Path(workdir).resolve()) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
 

@@ -8,16 +8,14 @@ import time
 
 from etils import epath
 
+from e5jax.paths import is_url as is_remote  # a module name the tests can patch
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def is_remote(workdir) -> bool:
-    return "://" in str(workdir)
 
 
 class MetricWriter:
@@ -38,7 +36,8 @@ class MetricWriter:
         self.tb = None
         if not enabled:
             return
-        if is_remote(workdir):
+        remote = is_remote(workdir)
+        if remote:
             self.local = pathlib.Path.home() / "e5jax-metrics" / epath.Path(str(workdir)).name / "metrics.jsonl"
             self.local.parent.mkdir(parents=True, exist_ok=True)
             self.local.write_text(self.path.read_text() if self.path.exists() else "")
@@ -46,7 +45,7 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
 
             tb_dir = str(epath.Path(workdir) / "tensorboard")
-            if is_remote(workdir):
+            if remote:
                 # tensorboardX writes local files; a gs:// run logs its events next to
                 # the process (sync them up with `gcloud storage rsync` if wanted).
                 tb_dir = str(pathlib.Path.home() / "e5jax-tensorboard" / epath.Path(str(workdir)).name)

@@ -16,6 +16,7 @@ from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model.bert import BertConfig
 from e5jax.model.encoder import TextEncoder, create_sharded, load_pretrained
+from e5jax.paths import is_url
 from e5jax.train.optimizer import make_optimizer
 
 
@@ -33,7 +34,7 @@ def scratch_config(cfg: Config) -> BertConfig:
 def _local(path: str, key: str) -> str:
     """HF model and tokenizer folders are read with local-file APIs: a remote
     one gets a one-line error naming the fix instead of a mangled path."""
-    if "://" in str(path):
+    if is_url(path):
         raise E5Error(f"{key}={path}: a Hugging Face model or tokenizer folder must be on local disk (a "
                       "training workdir may be on gs://); copy it to every host first, e.g. "
                       "tpu_scripts/setup.sh --weights")

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from e5jax.data.ccpairs import records
 from e5jax.errors import E5Error
+from e5jax.paths import is_url
 
 VERSION = "1.0.0"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -222,7 +223,7 @@ def build_dataset(
     # leaves no empty DATA_DIR/NAME behind.
     # Object stores have no folder rename: a gs:// build is written in place (TFDS
     # regenerates it on --overwrite) and gets no such guarantee.
-    remote = "://" in str(data_dir)
+    remote = is_url(data_dir)
     root_existed = root.exists()
     staging = root if remote else root / f".{name}.building-{uuid.uuid4().hex[:12]}"
     builder = cls(

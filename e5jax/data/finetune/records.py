@@ -69,6 +69,10 @@ class Stats:
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
 
+    def nonzero(self) -> str:
+        """The counters that moved, on one line ("" when none did): for one-line errors."""
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()) if v)
+
     def summary(self) -> str:
         keys = ["records", "no_positive", "malformed", "duplicate_negatives", "short_negatives"]
         keys += sorted(k for k in self.counts if k not in keys)
@@ -178,11 +182,6 @@ def make_record(
     return rec
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--output") -> pathlib.Path:
-    """`path` as a Path, or a one-line error if it cannot be a file to write (checked before any work)."""
-    return check_file(path, flag)
-
-
 def write_records(records: Iterable[Record], path: str | os.PathLike, stats: Stats | None = None) -> int:
     """Write records as JSONL (UTF-8, one per line) and return how many.
 
@@ -190,7 +189,7 @@ def write_records(records: Iterable[Record], path: str | os.PathLike, stats: Sta
     never leaves a truncated file that looks complete; on error the temporary
     is removed and an existing `path` is left as it was.
     """
-    path = check_output_file(path)
+    path = check_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
