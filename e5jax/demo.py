@@ -237,6 +237,9 @@ def check_settings(workdir: str | pathlib.Path, *, steps: int, batch_size: int, 
                                ("--max-length", max_length, 8)):  # 8: data.max_query_length's minimum
         if value < least:
             raise E5Error(f"{flag} must be >= {least}, got {value}")
+    from e5jax.filter import FilterConfig
+
+    FilterConfig(pool_size=pool_size, top_k=top_k)  # the filter's own checks (e.g. top-k within the pool)
     if debian_limit < 0:
         raise E5Error(f"--debian-limit must be >= 0 (0 = no limit), got {debian_limit}")
     if wikipedia_limit is not None and wikipedia_limit < 0:

@@ -1,9 +1,17 @@
 """Test set-up: 8 emulated CPU devices, offline hubs, small shared fixtures."""
 
 import os
+import tempfile
 
-# Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.cpu_env import xla_flags  # noqa: E402  (no JAX import behind it)
+
+# Must happen before JAX initialises its backends; tests/cpu_env.py says why these flags.
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
+# One persistent compilation cache per test run, shared by the xdist workers and
+# the processes tests start (they inherit the environment): a fresh run starts
+# empty, so no result depends on what an earlier run compiled.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"e5jax-test-jax-cache-{_RUN}"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -62,3 +70,12 @@ def enwiki_dump() -> str:
             tmp.write_bytes(z.read(ENWIKI))
             tmp.replace(out)
     return str(out)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's compilation cache goes with it (only the xdist controller, or a
+    plain run, removes it: workers finish first)."""
+    if not hasattr(session.config, "workerinput"):
+        import shutil
+
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

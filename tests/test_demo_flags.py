@@ -32,6 +32,7 @@ BAD = [
     (["--steps", "0"], "--steps"),
     (["--top-k", "0"], "--top-k"),
     (["--pool-size", "0"], "--pool-size"),
+    (["--top-k", "1001"], "--top-k"),  # above the default pool of 1,000: would keep every pair
     (["--batch-size", "0"], "--batch-size"),
     (["--max-length", "0"], "--max-length"),
     (["--max-length", "4"], "--max-length"),  # below the pre-training config's minimum of 8

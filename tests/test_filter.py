@@ -15,6 +15,7 @@ from e5jax.cli import main as cli_main
 from e5jax.data.ccpairs.builder import build_dataset, load_source
 from e5jax.errors import E5Error
 from tests.fixtures.real_text import debian_records
+from tests.cpu_env import cpu_env
 
 
 def swapped_dataset(root: pathlib.Path, n: int, swap_fraction: float, name: str) -> tuple[pathlib.Path, set[str]]:
@@ -165,7 +166,6 @@ def test_killed_run_resumes_to_the_dataset_of_an_uninterrupted_run(tmp_path, min
 def test_two_processes_filter_to_the_dataset_of_one(tmp_path, minilm_dir):
     """Two real JAX processes split the blocks (b % 2 == process id), each logs its
     own, process 0 merges: the same dataset and ranks as a single process."""
-    import os
     import socket
     import subprocess
     import sys
@@ -176,7 +176,7 @@ def test_two_processes_filter_to_the_dataset_of_one(tmp_path, minilm_dir):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(2)
     procs = []
     for pid in range(2):
         argv = [sys.executable, "-m", "e5jax.cli", "filter", "--model", str(minilm_dir), "--data-dir", str(data_dir),
@@ -275,3 +275,21 @@ def test_url_data_dir_is_refused_before_anything_is_written(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(E5Error, match="POSIX file system"):
         filt.work_dir("gs://b/tfds", "pairs_f")
+
+
+@pytest.mark.parametrize("pool,k,ok", [(10, 10, True), (10, 11, False), (1, 2, False), (10, 0, False)])
+def test_top_k_must_fit_the_pool(pool, k, ok):
+    """Ranks run 1..N+1 against N competitors: a k above N would keep every pair."""
+    if ok:
+        filt.FilterConfig(pool_size=pool, top_k=k)
+    else:
+        with pytest.raises(E5Error, match="--top-k"):
+            filt.FilterConfig(pool_size=pool, top_k=k)
+
+
+def test_cli_refuses_top_k_above_the_pool_before_loading_anything(tmp_path, capsys):
+    code = cli_main(["filter", "--model", str(tmp_path / "no-model"), "--data-dir", str(tmp_path / "tfds"),
+                     "--name", "pairs", "--pool-size", "10", "--top-k", "50", "--output-name", "pairs_f"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--top-k 50 is larger than --pool-size 10" in err[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ import pytest
 
 from e5jax import retrieval
 from e5jax.retrieval import PassageBank, rank_of, search
+from tests.cpu_env import cpu_env
 
 DIM = 8
 
@@ -332,9 +333,7 @@ def test_screen_bound_holds_where_rounding_errors_align():
 # ------------------------------------------------------------ two processes
 
 _WORKER = """
-import json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
+import json, sys
 import jax, numpy as np
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
 from e5jax.retrieval import PassageBank, _use_screen, HIGHEST, rank_of, search
@@ -363,7 +362,6 @@ def test_two_processes_search_and_rank_over_one_global_bank():
     4 devices: the screened, fp32 and streamed searches and rank_of all equal
     the brute force, on both processes."""
     import json
-    import os
     import pathlib
     import socket
     import subprocess
@@ -373,8 +371,7 @@ def test_two_processes_search_and_rank_over_one_global_bank():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     repo = pathlib.Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    env.pop("XLA_FLAGS", None)
+    env = cpu_env(2, PYTHONPATH=str(repo))
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(i), str(port)], cwd=repo, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     results = []

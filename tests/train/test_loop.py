@@ -2,7 +2,6 @@
 
 import json
 import pathlib
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from e5jax.train import checkpoint as ckpt
 from e5jax.train.loop import train
 from e5jax.train.state import abstract_state, load_trained
 from e5jax.model import axes as ax
+from tests.cpu_env import cpu_env
 
 
 def _records(workdir):
@@ -48,7 +48,7 @@ def _cmd(workdir, overrides, steps):
 
 def test_resume_after_sigkill_is_exact(tmp_path, tiny_overrides):
     steps = 9
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = cpu_env(2)
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_cmd(full, tiny_overrides, steps), check=True, env=env, capture_output=True)
 

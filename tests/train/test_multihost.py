@@ -2,7 +2,6 @@
 preset together from one TFDS dataset, and a single process restores their
 checkpoint onto a different mesh."""
 
-import os
 import re
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from e5jax.config import MeshConfig, load_config, replace
 from e5jax.model import axes as ax
 from e5jax.train import checkpoint as ckpt
 from e5jax.train.state import abstract_state
+from tests.cpu_env import cpu_env
 
 
 def _free_port() -> int:
@@ -34,7 +34,7 @@ def _free_port() -> int:
 def test_two_processes_train_and_checkpoint(tmp_path, tiny_overrides, layout):
     port = _free_port()
     workdir = tmp_path / "work"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = cpu_env(4)
     procs = []
     for pid in range(2):
         args = [sys.executable, "-m", "e5jax.cli", "train", "--config", "configs/tiny_pretrain.py",
