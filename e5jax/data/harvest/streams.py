@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import multiprocessing
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -200,6 +201,14 @@ def _apply_all(fn: Callable[[Any], Any], items: list) -> list:
     return [fn(x) for x in items]
 
 
+def _start_method() -> str | None:
+    """"fork" when it is safe and available, else the safest the platform has."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else None
+
+
 def map_in_processes(
     fn: Callable[[Any], Any], items: Iterable[Any], workers: int, batch: int = 2, ahead: int = 8
 ) -> Iterator[Any]:
@@ -208,15 +217,17 @@ def map_in_processes(
     Memory stays flat: at most `workers * ahead` batches of `batch` items are
     in flight (unlike `Pool.imap`, whose feeder thread drains `items` eagerly).
     `items` is consumed in this process; `fn` must be a module-level function.
-    Workers are forked where the platform can (a pool starts in milliseconds,
-    where spawning costs a fresh interpreter each); closing the generator
-    early terminates them.
+    Workers are forked where the platform can and this process runs no other
+    thread (a pool starts in milliseconds, where spawning costs a fresh
+    interpreter each); a process with threads (JAX, grain or TensorFlow
+    imported and started, e.g. in a notebook) gets a forkserver instead, since a
+    fork copies the locks those threads hold and can deadlock. Closing the
+    generator early terminates the workers.
     """
     if workers <= 1:
         yield from map(fn, items)
         return
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    ctx = multiprocessing.get_context(_start_method())
     it = iter(items)
     pending: deque = deque()
     with ctx.Pool(workers) as pool:  # __exit__ terminates the workers
