@@ -22,4 +22,8 @@ def pair_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_overrides(pair_dataset, minilm_dir):
     data_dir, name = pair_dataset
-    return [f"data.data_dir={data_dir}", f"data.name={name}", f"model.tokenizer={minilm_dir}"]
+    # One row block, not the CPU default of two: two compile every packed encoder
+    # pass twice, and compilation is what these tests spend their time on. That
+    # blocks change nothing is tested in tests/model/test_packing.py, and the
+    # default at the step level in test_packed_step.py.
+    return [f"data.data_dir={data_dir}", f"data.name={name}", f"model.tokenizer={minilm_dir}", "model.row_blocks=1"]

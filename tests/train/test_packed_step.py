@@ -1,12 +1,14 @@
 """Packed towers — each in its own rows or all together in shared rows — give
 the padded step's loss and gradients: 1 device and 4, plain and
-gradient-cached, with dropout and hard negatives; and a packed training run
+gradient-cached, with dropout and hard negatives, in one row block (the tests'
+setting) and in the CPU default of two; and a packed training run
 through the real pipeline (both layouts) reports the padded run's losses."""
 
 import jax
 import numpy as np
 from flax import nnx
 
+from e5jax.config import resolve_row_blocks
 from e5jax.data.packing import pack, pack_towers
 from e5jax.model import axes as ax
 from e5jax.train.state import create_state
@@ -72,15 +74,20 @@ def test_packed_loss_and_grads_equal_padded_with_dropout_and_negatives(tiny_over
 def test_packed_cached_step_on_4_devices_equals_padded_step_on_1(tiny_overrides):
     padded = _batch(np.random.default_rng(1))
     runs = {}
-    for name, chunk, ndev, batch in (("padded 1 device", 0, 1, padded),
-                                     ("packed 4 devices", 0, 4, to_packed(padded, groups=4)),
-                                     ("packed cached 4 devices", 8, 4, to_packed(padded, groups=8)),
-                                     ("balanced cached 4 devices", 8, 4, to_packed(padded, groups=8, blocks=4)),
-                                     ("joint 4 devices", 0, 4, to_packed(padded, groups=4, joint=True)),
-                                     ("joint cached 4 devices", 8, 4,
-                                      to_packed(padded, groups=8, blocks=4, joint=True))):
+    joint_cached = to_packed(padded, groups=8, blocks=4, joint=True)
+    # (name, grad_cache_chunk, devices, batch, model.row_blocks); row_blocks 0 = the
+    # backend's default (2 on a CPU), the rest run the tests' single block.
+    for name, chunk, ndev, batch, blocks in (("padded 1 device", 0, 1, padded, 1),
+                                             ("packed 4 devices", 0, 4, to_packed(padded, groups=4), 1),
+                                             ("packed cached 4 devices", 8, 4, to_packed(padded, groups=8), 1),
+                                             ("balanced cached 4 devices", 8, 4,
+                                              to_packed(padded, groups=8, blocks=4), 1),
+                                             ("joint 4 devices", 0, 4, to_packed(padded, groups=4, joint=True), 1),
+                                             ("joint cached 4 devices", 8, 4, joint_cached, 1),
+                                             ("joint cached 4 devices, default row blocks", 8, 4, joint_cached, 0)):
         cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16,
-                                      "optim.learning_rate": 2e-5})
+                                      "optim.learning_rate": 2e-5, "model.row_blocks": blocks})
+        assert resolve_row_blocks(cfg.model) == (blocks or 2)
         mesh = ax.make_mesh(cfg.mesh, jax.devices()[:ndev])
         graphdef, state = create_state(cfg, mesh)
         batch = {k: jax.device_put(v, ax.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
