@@ -89,7 +89,7 @@ class FilterConfig:
         if self.pool_size < 1 or self.top_k < 1:
             raise E5Error(f"--pool-size and --top-k must be >= 1, got {self.pool_size} and {self.top_k}")
         if self.top_k > self.pool_size:
-            # Ranks run 1..N+1 against N competitors: such a k keeps (nearly) every pair.
+            # Ranks run 1..N+1 against N competitors: any k > N keeps every pair.
             raise E5Error(f"--top-k {self.top_k} is larger than --pool-size {self.pool_size}, so it would keep "
                           f"every pair; use a --top-k below the pool size (paper: 2 of 1M)")
         if self.max_length < 2 or self.batch_size < 1 or self.block_size < 1:

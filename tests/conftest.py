@@ -7,11 +7,14 @@ from tests.cpu_env import xla_flags  # noqa: E402  (no JAX import behind it)
 
 # Must happen before JAX initialises its backends; tests/cpu_env.py says why these flags.
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
-# One persistent compilation cache per test run, shared by the xdist workers and
-# the processes tests start (they inherit the environment): a fresh run starts
-# empty, so no result depends on what an earlier run compiled.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"e5jax-test-jax-cache-{_RUN}"))
+# One persistent compilation cache per test run, made by the process that starts
+# the run (pytest, or xdist's controller) and shared by the xdist workers and the
+# processes tests start, which inherit the environment: a fresh run starts empty,
+# so no result depends on what an earlier run compiled. A cache directory the
+# caller set is used as it is and never removed.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="e5jax-test-jax-cache-")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -73,9 +76,9 @@ def enwiki_dump() -> str:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The run's compilation cache goes with it (only the xdist controller, or a
-    plain run, removes it: workers finish first)."""
-    if not hasattr(session.config, "workerinput"):
+    """The run's compilation cache goes with it, removed by the process that made
+    it (workers inherit the directory, so they never own it)."""
+    if _OWN_CACHE:
         import shutil
 
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
