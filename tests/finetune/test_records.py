@@ -68,6 +68,41 @@ def test_open_text_reads_gzip(tmp_path):
         R.open_text(tmp_path / "missing.tsv")
 
 
+def _compress(data: bytes, suffix: str) -> bytes:
+    import bz2
+    import lzma
+
+    import zstandard
+
+    return {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+            ".zst": zstandard.ZstdCompressor().compress}[suffix](data)
+
+
+@pytest.mark.parametrize("suffix", [".zst", ".gz", ".bz2", ".xz"])
+def test_compressed_records_read_whole(tmp_path, suffix):
+    recs = [R.make_record(f"q{i}", f"p{i}", [f"n{i}"], "s", str(i)) for i in range(300)]
+    plain = tmp_path / "ft.jsonl"
+    R.write_records(iter(recs), plain)
+    packed = tmp_path / f"ft.jsonl{suffix}"
+    packed.write_bytes(_compress(plain.read_bytes(), suffix))
+    assert list(R.read_records(packed)) == recs
+
+
+@pytest.mark.parametrize("suffix", [".zst", ".gz", ".bz2", ".xz"])
+def test_truncated_compressed_input_is_a_one_line_error_naming_the_file(tmp_path, suffix):
+    """A cut download must stop the run: zstandard's stream_reader used to hand
+    back the first half as if it were the whole file (no error, fewer records)."""
+    recs = [R.make_record(f"query {i}", f"passage {i} " * 20, [f"neg {i}"], "s", str(i)) for i in range(2000)]
+    plain = tmp_path / "ft.jsonl"
+    R.write_records(iter(recs), plain)
+    cut = tmp_path / f"cut.jsonl{suffix}"
+    packed = _compress(plain.read_bytes(), suffix)
+    cut.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(E5Error, match=rf"^{cut}: compressed file ends mid-stream") as e:
+        list(R.read_records(cut))
+    assert "\n" not in str(e.value)
+
+
 def test_join_title_text():
     assert R.join_title_text(" Title ", "text.") == "Title text."
     assert R.join_title_text("", "text") == R.join_title_text(None, "text") == "text"

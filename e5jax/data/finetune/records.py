@@ -16,20 +16,18 @@ on how many records came before it.
 
 from __future__ import annotations
 
-import bz2
 import collections
 import dataclasses
-import gzip
 import hashlib
-import io
 import json
 import os
-import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any, NotRequired, TypedDict
 
 import numpy as np
+from etils import epath
 
+from e5jax.data import compressed
 from e5jax.errors import E5Error
 from e5jax.paths import check_file
 
@@ -82,21 +80,11 @@ class Stats:
 
 
 def open_text(path: str | os.PathLike) -> IO[str]:
-    """Open a text file for reading, decompressing .gz / .bz2 / .zst by suffix."""
-    path = pathlib.Path(path)
-    if not path.exists():
+    """Open a text file (local or gs://) for reading, decompressing .gz / .bz2 /
+    .xz / .zst by suffix; a cut compressed file raises a one-line E5Error."""
+    if not epath.Path(path).exists():
         raise E5Error(f"input file not found: {path}")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8")
-    if path.suffix == ".zst":
-        import zstandard
-
-        stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-        return io.TextIOWrapper(stream, encoding="utf-8")
-    # newline="" keeps a stray "\r" inside a TSV field from splitting the line.
-    return open(path, encoding="utf-8", newline="")
+    return compressed.open_text(path)
 
 
 def join_title_text(title: str | None, text: str | None) -> str:

@@ -7,9 +7,6 @@ harvest's footprint does not grow with the size of the dump.
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
 import json
 import multiprocessing
 import threading
@@ -22,12 +19,12 @@ from typing import IO, Any
 import zstandard
 from lxml import etree
 
+# Decompression by suffix, local or gs://, is `e5jax.data.compressed`'s, the one
+# reader every input goes through (the sources import `open_binary` from here).
+# A cut stream raises its `TruncatedInput`, an EOFError, which the readers below
+# count as `truncated_stream`.
+from e5jax.data.compressed import CHUNK, open_binary  # noqa: F401
 from e5jax.data.harvest.types import Drop, Record
-
-# Pushshift .zst dumps are compressed with --long=31: the decoder must accept a
-# 2 GiB window or it refuses the frame.
-_ZSTD_MAX_WINDOW = 2**31
-_CHUNK = 1 << 20
 
 # Reasons counted when input is malformed (documented in docs/harvest.md).
 TRUNCATED = "truncated_stream"
@@ -36,62 +33,9 @@ BAD_XML = "bad_xml"
 NON_UTF8 = "non_utf8"
 OVERSIZED = "oversized_record"
 CORRUPT = "corrupt_stream"
-# What the decompressors raise on corrupt (not merely truncated) data.
+# What the decompressors raise on corrupt (not merely truncated) data
+# (`compressed.CorruptInput` is an OSError; bz2 raises a plain one).
 CORRUPT_ERRORS = (OSError, zlib.error, zstandard.ZstdError)
-
-
-class _ZstdReader(io.RawIOBase):
-    """Multi-frame zstd decoder that raises `EOFError` on a truncated frame.
-
-    `zstandard`'s own `stream_reader` returns a short read silently when the
-    file is cut mid-frame; a harvest must count that, not pass it as clean EOF.
-    """
-
-    def __init__(self, raw: IO[bytes]):
-        self._raw = raw
-        self._dctx = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
-        self._obj = self._dctx.decompressobj()
-        self._in_frame = False  # bytes of an unfinished frame were fed
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        while not self._buf:
-            chunk = self._raw.read(_CHUNK)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd stream ended inside a frame")
-                return 0
-            while chunk:
-                self._in_frame = True
-                self._buf += self._obj.decompress(chunk)
-                chunk = b""
-                if self._obj.eof:  # frame done; the rest starts the next frame
-                    chunk = self._obj.unused_data
-                    self._obj = self._dctx.decompressobj()
-                    self._in_frame = False
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-def open_binary(path: str) -> IO[bytes]:
-    """Open `path` for binary reading, decompressing by extension
-    (.zst/.zstd, .bz2, .gz or plain)."""
-    if path.endswith((".zst", ".zstd")):
-        return io.BufferedReader(_ZstdReader(open(path, "rb")), buffer_size=_CHUNK)
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
 
 
 def iter_lines(stream: IO[bytes], max_bytes: int, keep_blank: bool = False) -> Iterator[str | Drop]:
@@ -106,7 +50,7 @@ def iter_lines(stream: IO[bytes], max_bytes: int, keep_blank: bool = False) -> I
                 return
             if len(line) > max_bytes and not line.endswith(b"\n"):
                 while line and not line.endswith(b"\n"):  # drain the rest, chunk by chunk
-                    line = stream.readline(_CHUNK)
+                    line = stream.readline(CHUNK)
                 yield Drop(OVERSIZED)
                 continue
             try:
