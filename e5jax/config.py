@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 
 from e5jax.errors import E5Error
+from e5jax.paths import local
 
 # Logical axis -> mesh axes. Model code names only logical axes; a preset can
 # replace this table to shard differently (e.g. no tensor parallelism).
@@ -260,7 +261,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
 
 def load_config(path: str | pathlib.Path, overrides: list[str] | None = None) -> Config:
     """Import a preset file and apply `--set` overrides."""
-    path = pathlib.Path(path)
+    path = local(path, "--config", "a preset is a Python file imported from local disk")
     if not path.is_file():
         raise E5Error(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"e5jax_preset_{path.stem}", path)

@@ -35,7 +35,7 @@ import time
 import zipfile
 
 from e5jax.errors import E5Error
-from e5jax.paths import check_folder
+from e5jax.paths import check_folder, local
 
 GENSIM_WHEEL = "gensim==4.4.0"
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -246,7 +246,7 @@ def check_settings(workdir: str | pathlib.Path, *, steps: int, batch_size: int, 
         raise E5Error(f"wikipedia_limit must be >= 0 (0 = no limit), got {wikipedia_limit}")
     if not 0 < heldout_fraction < 1:  # the held-out pairs are the evaluation set
         raise E5Error(f"--heldout-fraction must be in (0, 1), got {heldout_fraction}")
-    if debian_file is not None and not pathlib.Path(debian_file).is_file():
+    if debian_file is not None and not local(debian_file, "--debian-file").is_file():
         raise E5Error(f"--debian {debian_file} is not a file; give a decompressed Debian Translation-en "
                       "or leave --debian out to fetch it with apt")
     check_folder(workdir, "--workdir")
@@ -264,7 +264,7 @@ def run_demo(workdir: str | pathlib.Path, *, steps: int = 60, batch_size: int = 
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()  # one line per stage is enough for a demo log
-    root = pathlib.Path(workdir).resolve()
+    root = local(workdir, "--workdir", "the demo runs on this machine").resolve()
     raw, pairs, data_dir = root / "raw", root / "pairs", root / "tfds"
     train_dir, export_dir, beir = root / "train", root / "export", root / "heldout_beir"
     root.mkdir(parents=True, exist_ok=True)
@@ -272,7 +272,7 @@ def run_demo(workdir: str | pathlib.Path, *, steps: int = 60, batch_size: int = 
 
     banner("1. fetch real dumps from the package registries")
     wiki = fetch_wikipedia(raw)
-    deb = pathlib.Path(debian_file) if debian_file else fetch_debian(raw)
+    deb = local(debian_file, "--debian-file") if debian_file else fetch_debian(raw)
     print(f"wikipedia: {wiki} ({wiki.stat().st_size / 1e6:.1f} MB)\ndebian:    {deb} ({deb.stat().st_size / 1e6:.1f} MB)")
 
     banner("2. harvest (query, passage) pairs")

@@ -18,6 +18,7 @@ import tempfile
 from e5jax.errors import E5Error
 from e5jax.model import hf
 from e5jax.model.encoder import TextEncoder, encoder_params
+from e5jax.paths import local
 
 E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
 
@@ -25,7 +26,7 @@ E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
 def check_output(out_dir: str | os.PathLike) -> pathlib.Path:
     """An export replaces only an earlier export (marked by `e5jax.json`) or an
     empty folder: never a workdir, a dataset or a file someone named by mistake."""
-    out = pathlib.Path(out_dir)
+    out = local(out_dir, "--output", "the export is written to a temporary folder and renamed into place")
     if out.exists() and not out.is_dir():
         raise E5Error(f"--output {out} is a file; give a folder to write the export to")
     if out.is_dir() and any(out.iterdir()) and not (out / "e5jax.json").is_file():

@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
 from e5jax.errors import E5Error
@@ -69,6 +70,7 @@ from e5jax.filter_files import (  # noqa: F401  (RANK_BINS, read_log: re-exporte
     work_dir,
     write_shards,
 )
+from e5jax.paths import local
 
 PLAN_VERSION = 1
 
@@ -186,7 +188,7 @@ def rank_block(records: Sequence[dict], cfg: FilterConfig, encode: Callable, ban
 
 def model_fingerprint(path: str | os.PathLike) -> str:
     """Resolved path + (name, size, mtime) of the folder's entries: a changed model is a new plan."""
-    folder = pathlib.Path(path).resolve()
+    folder = local(path, "--model").resolve()
     h = hashlib.blake2b(str(folder).encode(), digest_size=8)
     for p in sorted(folder.iterdir()):
         st = p.stat()
@@ -202,7 +204,7 @@ def load_encoder(path: str | os.PathLike, devices=None):
     from e5jax.model import axes as ax
     from e5jax.model.encoder import Encoder
 
-    folder = pathlib.Path(path)
+    folder = local(path, "--model", "a model folder is read with local-file APIs (copy a gs:// workdir first)")
     if not folder.is_dir():
         raise E5Error(f"--model {path} is not a folder")
     mesh = ax.make_mesh(MeshConfig(), list(devices or jax.local_devices()))
@@ -252,7 +254,7 @@ def filter_dataset(
     n = len(source)
     if n == 0:
         raise E5Error(f"split {cfg.split!r} of {name!r} is empty")
-    if not overwrite and (pathlib.Path(data_dir) / output_name / builder.VERSION / "dataset_info.json").exists():
+    if not overwrite and (epath.Path(data_dir) / output_name / builder.VERSION / "dataset_info.json").exists():
         raise E5Error(f"dataset {output_name!r} already exists in {data_dir}; pass --overwrite or another --output-name")
     bounds = block_bounds(n, cfg.block_size)
     plan = {"version": PLAN_VERSION, "dataset": str(builder.dataset_dir(data_dir, name).resolve()), "pairs": n,

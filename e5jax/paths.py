@@ -15,6 +15,15 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
 
 
+def local(path: str | os.PathLike, flag: str, why: str = "is read with local-file APIs") -> pathlib.Path:
+    """`path` for what works only on a local (or mounted) file system. A URL
+    gets a one-line error naming the fix, instead of the path pathlib would
+    make of it (`gs://b/x` becomes `gs:/b/x`, then "not found")."""
+    if is_url(path):
+        raise E5Error(f"{flag} {path}: {why}; give a local path or a mounted folder (e.g. gcsfuse), not a URL")
+    return pathlib.Path(path)
+
+
 def _check_ancestors(path: pathlib.Path, given: str | os.PathLike, flag: str) -> None:
     """The nearest existing folder at or above `path` is a writable folder (it gets the new ones)."""
     full = path.absolute()
@@ -29,14 +38,15 @@ def _check_ancestors(path: pathlib.Path, given: str | os.PathLike, flag: str) ->
 
 
 def check_folder(path: str | os.PathLike, flag: str) -> pathlib.Path:
-    """`path` is a folder, or can be made one."""
-    _check_ancestors(pathlib.Path(path), path, flag)
-    return pathlib.Path(path)
+    """`path` is a local folder, or can be made one."""
+    folder = local(path, flag, "is written with local-file APIs")
+    _check_ancestors(folder, path, flag)
+    return folder
 
 
 def check_file(path: str | os.PathLike, flag: str = "--output") -> pathlib.Path:
-    """`path` can be written as a file: not a folder, and its folder exists or can be made."""
-    p = pathlib.Path(path)
+    """`path` can be written as a local file: not a folder, and its folder exists or can be made."""
+    p = local(path, flag, "is written with local-file APIs")
     if p.is_dir():
         raise E5Error(f"{flag} {path} is a folder; give a file name")
     _check_ancestors(p.parent, path, flag)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
@@ -34,6 +33,7 @@ from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model.cross_encoder import CrossEncoder, load_cross_encoder
 from e5jax.model.encoder import bucket_lengths
+from e5jax.paths import check_file, local
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -98,7 +98,7 @@ class Teacher:
                         label: int | str | None = None) -> "Teacher":
         from transformers import AutoTokenizer
 
-        folder = pathlib.Path(path)
+        folder = local(path, "model folder", "a Hugging Face model folder is read with local-file APIs")
         mesh = mesh or ax.make_mesh(MeshConfig(), jax.devices())
         model = load_cross_encoder(folder, mesh=mesh, rules=rules, dtype=dtype)
         try:
@@ -196,7 +196,7 @@ def score_file(model: str | os.PathLike, input: str | os.PathLike, output: str |
     The output is written to a temporary file and renamed at the end (so it
     may even be the input file); on failure no partial output is left behind.
     """
-    input, output = pathlib.Path(input), pathlib.Path(output)
+    output = check_file(output)  # written locally, then renamed; the input may be gs://
     reader = read_records(input)  # raises "input file not found" itself
     first = next(reader, None)
     if first is None:

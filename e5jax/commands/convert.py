@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import pathlib
 import re
+
+from etils import epath
 
 from e5jax.data.finetune import msmarco, nli, nq
 from e5jax.data.finetune.records import Stats, write_records
@@ -45,10 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _classify(paths: list[str], split: str) -> dict[str, pathlib.Path]:
+def _classify(paths: list[str], split: str) -> dict[str, epath.Path]:
     """Map MS MARCO file roles → paths by their published names."""
-    files: list[pathlib.Path] = []
-    for p in map(pathlib.Path, paths):
+    files: list[epath.Path] = []
+    for p in map(epath.Path, paths):  # local or gs://: open_text reads both
         if p.is_dir():
             files += sorted(f for f in p.iterdir() if f.is_file())
         elif p.is_file():
@@ -63,7 +64,7 @@ def _classify(paths: list[str], split: str) -> dict[str, pathlib.Path]:
         "triples": r"qidpidtriples.*\.tsv",
         "text-triples": r"triples\..*\.tsv",
     }
-    roles: dict[str, pathlib.Path] = {}
+    roles: dict[str, epath.Path] = {}
     for f in files:
         for role, pat in patterns.items():
             if re.fullmatch(pat + r"(\.gz|\.bz2|\.zst)?", f.name):
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "nq":
         if len(args.input) != 1:
             raise E5Error("nq takes one DPR JSON file as --input")
-        records = nq.convert_nq(nq.load_dpr(args.input[0]), k, args.seed, stats, pathlib.Path(args.input[0]).name)
+        records = nq.convert_nq(nq.load_dpr(args.input[0]), k, args.seed, stats, epath.Path(args.input[0]).name)
         what = "nq"
     else:
         records = nli.convert_nli(nli.read_nli(args.input, stats), k, args.seed, stats)

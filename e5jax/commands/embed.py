@@ -6,6 +6,7 @@ import json
 import pathlib
 
 from e5jax.errors import E5Error
+from e5jax.paths import local
 
 
 def add_arguments(p):
@@ -45,8 +46,7 @@ def npy_path(output: str) -> pathlib.Path:
     does when it lacks one; checked before the model loads."""
     from e5jax.paths import check_file
 
-    check_file(output)
-    path = pathlib.Path(output)
+    path = check_file(output)
     if path.name.endswith(".npy"):
         return path
     return check_file(str(path.with_name(path.name + ".npy")))
@@ -60,7 +60,7 @@ def run(args) -> int:
     if args.max_length < 2 or args.batch_size < 1:
         raise E5Error(f"--max-length must be >= 2, --batch-size >= 1; got {args.max_length} and {args.batch_size}")
     out = npy_path(args.output)
-    texts = read_texts(pathlib.Path(args.input))
+    texts = read_texts(local(args.input, "--input"))
     enc = Encoder.from_pretrained(args.model, dtype=args.dtype)
     emb = enc.encode(texts, prefix=args.prefix, max_length=args.max_length, batch_size=args.batch_size,
                      show_progress=len(texts) > 4 * args.batch_size)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 
 from e5jax.errors import E5Error
-from e5jax.paths import check_file
+from e5jax.paths import check_file, local
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     beir.check_cache_dir(args.cache_dir)
     for folder in args.beir:  # fail before loading the model
         beir.load_beir(folder, args.split)
-    if not pathlib.Path(args.model).is_dir():
+    if not local(args.model, "--model", "a Hugging Face model folder is read with local-file APIs").is_dir():
         raise E5Error(f"--model {args.model} is not a folder")
     encoder = Encoder.from_pretrained(args.model)
     results = []

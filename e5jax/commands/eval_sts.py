@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,18 +25,18 @@ def run(args: argparse.Namespace) -> int:
     from e5jax.errors import E5Error
     from e5jax.eval import sts
     from e5jax.model.encoder import Encoder
-    from e5jax.paths import check_file
+    from e5jax.paths import check_file, local
 
     if args.max_length < 2 or args.batch_size < 1:
         raise E5Error(f"--max-length must be >= 2, --batch-size >= 1; got {args.max_length} and {args.batch_size}")
     output = check_file(args.output) if args.output else None  # before the work, not after it
     sts.read_pairs(args.pairs)  # fail on a bad file before loading the model
-    if not pathlib.Path(args.model).is_dir():
+    if not local(args.model, "--model", "a Hugging Face model folder is read with local-file APIs").is_dir():
         raise E5Error(f"--model {args.model} is not a folder")
     encoder = Encoder.from_pretrained(args.model)
     res = sts.evaluate_sts(encoder.encode, args.pairs, prefix=args.prefix,
                            max_length=args.max_length, batch_size=args.batch_size)
-    print(f"{pathlib.Path(args.pairs).name}: {res['n_pairs']} pairs  "
+    print(f"{os.path.basename(args.pairs)}: {res['n_pairs']} pairs  "
           f"pearson {100 * res['pearson']:.2f}  spearman {100 * res['spearman']:.2f}")
     if output is not None:
         out = {"model": encoder.name, "pairs": str(args.pairs), "prefix": args.prefix} | res

@@ -26,7 +26,7 @@ import numpy as np
 
 from e5jax.errors import E5Error
 from e5jax.eval import metrics
-from e5jax.paths import check_folder
+from e5jax.paths import check_folder, local
 
 TOP_K = 1000
 EncodeFn = Callable[..., np.ndarray]  # Encoder.encode(texts, prefix, *, max_length, batch_size)
@@ -92,7 +92,7 @@ def doc_text(title: str | None, text: str | None) -> str:
 
 def load_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
     """Read one BEIR-format folder; clear one-line errors for missing or broken files."""
-    root = pathlib.Path(folder)
+    root = local(folder, "--beir")
     if not root.is_dir():
         raise E5Error(f"BEIR dataset folder {root} does not exist")
     corpus = _read_jsonl(root / "corpus.jsonl", ("_id", "text"))
@@ -114,7 +114,7 @@ def load_beir(folder: str | os.PathLike, split: str = "test") -> BeirData:
 
 def weights_fingerprint(model_dir: str | os.PathLike) -> list:
     """(file, size, mtime) of the model's weight files: changes when weights change."""
-    root = pathlib.Path(model_dir)
+    root = local(model_dir, "--model", "a Hugging Face model folder is read with local-file APIs")
     files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin")) if root.is_dir() else []
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
@@ -152,7 +152,7 @@ def encode_corpus(
     """Corpus embeddings, from the disk cache when present: (embeddings, was_cached)."""
     path = None
     if cache_dir is not None:
-        path = pathlib.Path(cache_dir) / f"{data.name}-{cache_key(model_name, corpus_path, prefix, max_length)}.npy"
+        path = local(cache_dir, "--cache-dir", "embeddings are cached with np.save") / f"{data.name}-{cache_key(model_name, corpus_path, prefix, max_length)}.npy"
         if path.is_file():
             emb = np.load(path)
             if emb.shape[0] == len(data.doc_ids):
@@ -192,7 +192,7 @@ def evaluate_dataset(
     if not data.doc_ids:
         raise E5Error(f"{folder}/corpus.jsonl is empty")
     check_cache_dir(cache_dir)
-    corpus_path = pathlib.Path(folder) / "corpus.jsonl"
+    corpus_path = local(folder, "--beir") / "corpus.jsonl"
     docs, cached = encode_corpus(
         encode, data, corpus_path, model_name=model_name, prefix=passage_prefix,
         max_length=max_length, batch_size=batch_size, cache_dir=cache_dir,

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import csv
 import os
-import pathlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
 
 from e5jax.errors import E5Error
+from e5jax.paths import local
 
 
 def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
     """(sentences1, sentences2, gold scores float64) from a TSV file."""
-    p = pathlib.Path(path)
+    p = local(path, "--pairs")
     if not p.is_file():
         raise E5Error(f"pairs file {p} does not exist")
     s1, s2, gold = [], [], []

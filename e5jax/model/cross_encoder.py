@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ from e5jax.model import hf
 from e5jax.model.bert import BertConfig, BertModel, Dense
 from e5jax.model.dropout import dropout, split_keys
 from e5jax.model.encoder import build_sharded
+from e5jax.paths import local
 
 # Which head a model_type uses. MiniLM cross-encoders are model_type "bert".
 HEAD_KIND = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
@@ -149,7 +149,7 @@ def head_from_hf(head: HeadConfig, leftover: dict[str, np.ndarray], expected_sha
 def load_cross_encoder(path: str | os.PathLike, *, mesh: Mesh | None = None, rules=DEFAULT_RULES,
                        dtype: str = "float32") -> CrossEncoder:
     """A CrossEncoder with the weights of a local HF `*ForSequenceClassification` folder."""
-    folder = pathlib.Path(path)
+    folder = local(path, "model folder", "a Hugging Face model folder is read with local-file APIs")
     cfg, raw = hf.read_config(folder)
     head = HeadConfig.from_hf(cfg, raw)
     tensors = hf.read_tensors(folder)

@@ -20,6 +20,7 @@ from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model import hf
 from e5jax.model.bert import BertConfig, BertModel
+from e5jax.paths import local
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -173,7 +174,7 @@ def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, rules=
                     dtype: str = "float32", remat: bool = False, dropout: float = -1.0,
                     pooling: str | None = None, normalize: bool | None = None) -> TextEncoder:
     """A TextEncoder with the weights of a local HF / sentence-transformers / e5jax-export folder."""
-    folder = pathlib.Path(path)
+    folder = local(path, "model folder", "a Hugging Face model folder is read with local-file APIs")
     cfg, _ = hf.read_config(folder)
     if dropout >= 0:
         import dataclasses
@@ -269,7 +270,7 @@ class Encoder:
         from transformers import AutoTokenizer
 
         dtype = dtype or default_dtype()
-        folder = pathlib.Path(path)
+        folder = local(path, "model folder", "a Hugging Face model folder is read with local-file APIs")
         model = load_pretrained(folder, mesh=mesh, dtype=dtype, **kwargs)
         try:
             tok = AutoTokenizer.from_pretrained(str(folder))

@@ -16,12 +16,12 @@ from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model.bert import BertConfig
 from e5jax.model.encoder import TextEncoder, create_sharded, load_pretrained
-from e5jax.paths import is_url
+from e5jax.paths import is_url, local
 from e5jax.train.optimizer import make_optimizer
 
 
 def scratch_config(cfg: Config) -> BertConfig:
-    path = pathlib.Path(cfg.model.arch)
+    path = local(cfg.model.arch, "model.arch", "a model config file is read from local disk")
     if not path.is_file():
         raise E5Error(f"model.arch: config file not found: {path} (or set model.init to a model folder)")
     bert = BertConfig.from_hf(json.loads(path.read_text()))

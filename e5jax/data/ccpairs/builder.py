@@ -20,7 +20,7 @@ the dataset's ``metadata.json``; the Beam path gathers it from Beam counters.
 from __future__ import annotations
 
 import collections
-import pathlib
+import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -65,7 +65,7 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(
         self,
         *,
-        inputs: Sequence[str | pathlib.Path] = (),
+        inputs: Sequence[str | os.PathLike] = (),
         heldout_fraction: float = 0.01,
         max_chars: int = records.DEFAULT_MAX_CHARS,
         use_beam: bool = False,
@@ -104,7 +104,7 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         splits = records.SPLITS if self._heldout_fraction > 0 else ("train",)
         return {split: self._generate_examples(files, split) for split in splits}
 
-    def _generate_examples(self, files: list[pathlib.Path], split: str):
+    def _generate_examples(self, files: list[epath.Path], split: str):
         kwargs = dict(kind=self.KIND, split=split, heldout_fraction=self._heldout_fraction, max_chars=self._max_chars)
         if self._use_beam:
             return _beam_split(files, **kwargs)
@@ -162,10 +162,10 @@ def _beam_file_examples(item: tuple[int, str], **kwargs):
     def count(name: str) -> None:
         Metrics.counter(_BEAM_NAMESPACE, name).inc()
 
-    yield from records.examples_from_file(pathlib.Path(path), index, count=count, **kwargs)
+    yield from records.examples_from_file(path, index, count=count, **kwargs)
 
 
-def _beam_split(files: list[pathlib.Path], *, split: str, **kwargs):
+def _beam_split(files: list[epath.Path], *, split: str, **kwargs):
     """A PTransform producing one split; a shard is Beam's unit of parallel work."""
     import apache_beam as beam
 
@@ -192,9 +192,9 @@ def builder_class(kind: str, name: str) -> type[_JsonlBuilder]:
 
 
 def build_dataset(
-    inputs: Sequence[str | pathlib.Path],
+    inputs: Sequence[str | os.PathLike],
     *,
-    data_dir: str | pathlib.Path,
+    data_dir: str | os.PathLike,
     name: str,
     kind: str = "pairs",
     heldout_fraction: float = 0.01,
@@ -295,11 +295,18 @@ def _dropped_line(summary: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no lines read"
 
 
-def dataset_dir(data_dir: str | pathlib.Path, name: str) -> pathlib.Path:
-    """The newest built version folder of `name`, or a one-line error naming what to build."""
-    root = pathlib.Path(data_dir) / name
+def dataset_dir(data_dir: str | os.PathLike, name: str) -> epath.Path:
+    """The newest built version folder of `name`, or a one-line error naming what to build.
+
+    epath, not pathlib: `data.data_dir` may be gs://..., which pathlib folds into `gs:/...`.
+    """
+    root = epath.Path(data_dir) / name
+    try:
+        built = [p for p in root.glob("*") if (p / "dataset_info.json").exists()]
+    except ImportError as e:  # fsspec names the missing filesystem package (gcsfs for gs://)
+        raise E5Error(f"cannot read {data_dir}: {e}") from e
     versions = sorted(
-        (p for p in root.glob("*") if (p / "dataset_info.json").exists()),
+        built,
         key=lambda p: tfds.core.Version(p.name) if re.match(r"^\d+\.\d+\.\d+$", p.name) else tfds.core.Version("0.0.0"),
     )
     if not versions:
@@ -307,7 +314,7 @@ def dataset_dir(data_dir: str | pathlib.Path, name: str) -> pathlib.Path:
     return versions[-1]
 
 
-def load_source(data_dir: str | pathlib.Path, name: str, split: str = "train"):
+def load_source(data_dir: str | os.PathLike, name: str, split: str = "train"):
     """Random-access source (`len`, `[i]`) over one split; texts come back as bytes."""
     builder = tfds.builder_from_directory(str(dataset_dir(data_dir, name)))
     if split not in builder.info.splits:
@@ -315,7 +322,7 @@ def load_source(data_dir: str | pathlib.Path, name: str, split: str = "train"):
     return builder.as_data_source(split=split)
 
 
-def load_summary(data_dir: str | pathlib.Path, name: str) -> dict:
+def load_summary(data_dir: str | os.PathLike, name: str) -> dict:
     """The build summary stored in the dataset's metadata.json."""
     builder = tfds.builder_from_directory(str(dataset_dir(data_dir, name)))
     return dict(builder.info.metadata or {})

@@ -18,16 +18,16 @@ split pass reads every line.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
-import pathlib
-import zlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+from etils import epath
 
+from e5jax.data import compressed
 from e5jax.errors import E5Error
 
 KINDS = ("pairs", "finetune")
@@ -41,71 +41,48 @@ NO_SPLIT = "-"
 # ------------------------------------------------------------------ inputs
 
 
-def expand_inputs(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
-    """Files as given plus shard files found (recursively) under directories, sorted."""
-    found: list[pathlib.Path] = []
-    for p in map(pathlib.Path, paths):
+def expand_inputs(paths: Sequence[str | os.PathLike]) -> list[epath.Path]:
+    """Files as given plus shard files found (recursively) under directories, sorted.
+
+    Local paths or URLs (gs://...): epath, since pathlib folds `gs://b` into `gs:/b`.
+    """
+    found: list[epath.Path] = []
+    for p in map(epath.Path, paths):
         if p.is_dir():
-            found += [f for f in p.rglob("*") if f.is_file() and f.name.endswith(SHARD_SUFFIXES)]
+            found += _shards_under(p)
         elif p.is_file():
             found.append(p)
         else:
             raise E5Error(f"input not found: {p}; pass pair shard files or folders holding *.jsonl[.gz|.zst]")
     if not found:
         raise E5Error(f"no pair shards (*{', *'.join(SHARD_SUFFIXES)}) under {', '.join(map(str, paths))}")
-    return sorted(set(found))
+    return sorted(set(found), key=str)
 
 
-def _zstd_lines(path: pathlib.Path, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Lines of a .zst file (one frame or several concatenated).
-
-    zstandard's `stream_reader` returns a truncated file's partial content as
-    if it were complete; a decompressor object tells (`eof`), so a cut file
-    raises EOFError here like gzip does.
-    """
-    import zstandard  # only needed for .zst shards
-
-    dctx = zstandard.ZstdDecompressor()
-    d, pending, buf = dctx.decompressobj(), False, b""
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            while chunk:
-                buf += d.decompress(chunk)
-                pending = not d.eof
-                chunk = d.unused_data if d.eof else b""
-                if d.eof:  # next frame of a multi-frame file
-                    d = dctx.decompressobj()
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                yield line + b"\n"
-    if buf:
-        yield buf
-    if pending:
-        raise EOFError(f"{path}: zstd stream ends mid-frame")
+def _shards_under(folder: epath.Path) -> list[epath.Path]:
+    # By hand: epath refuses `rglob` on object stores, and its `walk` drops the
+    # gs:// of the folders it yields.
+    found = []
+    for child in folder.iterdir():
+        if child.is_dir():
+            found += _shards_under(child)
+        elif child.name.endswith(SHARD_SUFFIXES):
+            found.append(child)
+    return found
 
 
-def _raw_lines(path: pathlib.Path) -> Iterator[bytes]:
-    if path.name.endswith(".zst"):
-        yield from _zstd_lines(path)
-        return
-    with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-        yield from f
-
-
-def read_lines(path: pathlib.Path, count: Callable[[str], None]) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw bytes) of a possibly compressed file, in constant memory.
+def read_lines(path: str | epath.Path, count: Callable[[str], None]) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of a possibly compressed file (local or gs://), in constant memory.
 
     A truncated or corrupt compressed stream ends the file early with one
     ``truncated_file`` count instead of an exception: the lines already read
-    are kept.
+    are kept. (`compressed.TruncatedInput` is an EOFError, `CorruptInput` an
+    OSError, and bz2 raises a plain OSError on damaged data.)
     """
     try:
-        yield from enumerate(_raw_lines(path))
-    except (EOFError, OSError, zlib.error):  # cut / corrupt gzip (BadGzipFile is an OSError)
-        count(f"{NO_SPLIT}|{NO_SPLIT}|truncated_file")
-    except Exception as e:  # zstandard.ZstdError (corrupt zstd data) subclasses only Exception
-        if type(e).__name__ != "ZstdError":
-            raise
+        with compressed.open_binary(path) as f:
+            yield from enumerate(f)
+    except (EOFError, OSError):
         count(f"{NO_SPLIT}|{NO_SPLIT}|truncated_file")
 
 
@@ -181,7 +158,7 @@ def parse_record(line: bytes, kind: str, max_chars: int) -> tuple[dict | None, s
 
 
 def examples_from_file(
-    path: pathlib.Path,
+    path: str | epath.Path,
     file_index: int,
     *,
     kind: str,

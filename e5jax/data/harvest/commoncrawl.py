@@ -13,6 +13,7 @@ import trafilatura
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
+from e5jax.data.compressed import open_raw
 from e5jax.data.harvest.streams import CORRUPT, CORRUPT_ERRORS, OVERSIZED, TRUNCATED
 from e5jax.data.harvest.types import Drop, Pair, Record, Source
 
@@ -34,7 +35,7 @@ def _record(rec, max_chars: int) -> Record | Drop:
 
 def read(path: str, max_chars: int) -> Iterator[Record | Drop]:
     # warcio detects gzip per record itself, so the raw file is passed in.
-    with open(path, "rb") as f:
+    with open_raw(path) as f:  # local or gs://
         try:
             for rec in ArchiveIterator(f):
                 yield _record(rec, max_chars)

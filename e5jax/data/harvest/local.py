@@ -9,7 +9,6 @@ de-duplication keeps 8-byte digests only.
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -22,6 +21,7 @@ from e5jax.data.harvest.registry import get_source
 from e5jax.data.harvest.summary import Summary
 from e5jax.data.harvest.types import Drop, Pair, Record, Source
 from e5jax.data.harvest.writer import ShardWriter
+from e5jax.paths import local
 
 
 class _Limit(Exception):
@@ -92,13 +92,14 @@ def harvest(
     source = get_source(source_name)
     check_limit(limit)
     for p in inputs:
+        local(p, "harvest: --input", "the local harvest reads and sizes files on disk (pass --beam-runner for gs://)")
         if os.path.isdir(p):
             raise E5Error(f"harvest: --input {p} is a directory; pass the dump files inside it")
         if not os.path.isfile(p):
             raise E5Error(f"harvest: input file not found: {p}")
     if not inputs:
         raise E5Error("harvest: give at least one --input file")
-    out = pathlib.Path(output)
+    out = local(output, "harvest: --output", "the local harvest writes and renames shard files (pass --beam-runner for gs://)")
     if out.exists() and not out.is_dir():
         raise E5Error(f"harvest: --output {out} is a file; give a folder for the pair shards and summary.json")
     if out.exists() and any(out.glob("pairs-*")):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import pathlib
 from types import TracebackType
 from typing import IO
 
 import zstandard
+
+from e5jax.paths import local
 
 SUFFIX = {None: ".jsonl", "gz": ".jsonl.gz", "zst": ".jsonl.zst"}
 
@@ -36,7 +37,7 @@ class ShardWriter:
     def __init__(self, out_dir: str | os.PathLike, lines_per_shard: int, compress: str | None = None):
         if compress not in SUFFIX:
             raise ValueError(f"compress must be one of {list(SUFFIX)}, got {compress!r}")
-        self.out_dir = pathlib.Path(out_dir)
+        self.out_dir = local(out_dir, "--output", "shard files are written and renamed with local-file APIs")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.lines_per_shard = lines_per_shard
         self.compress = compress
