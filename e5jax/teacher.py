@@ -29,10 +29,11 @@ from jax.sharding import Mesh
 
 from e5jax.config import DEFAULT_RULES, MeshConfig
 from e5jax.data.finetune.records import Record, read_records, write_records
+from e5jax.data.padding import pad_rows, pad_to_bucket
 from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model.cross_encoder import CrossEncoder, load_cross_encoder
-from e5jax.model.encoder import bucket_lengths
+from e5jax.model.encoder import encode_lengths
 from e5jax.paths import check_file, local
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -126,7 +127,7 @@ class Teacher:
             return out
         ids, types = self.tokenize(queries, passages)
         order = np.argsort([-len(x) for x in ids], kind="stable")
-        buckets = bucket_lengths(self.max_length)
+        buckets = encode_lengths(self.max_length)  # the bi-encoder's lengths
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         rows = -(-batch_size // shards) * shards  # every device gets the same number of rows
         sharding = ax.batch_sharding(self.mesh, 2)
@@ -136,14 +137,8 @@ class Teacher:
         with ax.axis_rules(self.mesh, self.rules):
             for start in tqdm(range(0, n, rows), desc="score", unit="batch", disable=not show):
                 idx = order[start:start + rows]
-                L = next(b for b in buckets if b >= len(ids[idx[0]]))  # idx[0] is the longest
-                tok = np.full((rows, L), self.pad_id, np.int32)
-                mask = np.zeros((rows, L), np.int32)
-                tt = np.zeros((rows, L), np.int32)
-                for r, i in enumerate(idx):
-                    tok[r, :len(ids[i])] = ids[i]
-                    mask[r, :len(ids[i])] = 1
-                    tt[r, :len(types[i])] = types[i]
+                tok, mask = pad_to_bucket([ids[i] for i in idx], buckets, self.pad_id, num_rows=rows)
+                tt = pad_rows([types[i] for i in idx], tok.shape[1], 0, num_rows=rows)
                 batch = [jax.device_put(a, sharding) for a in (tok, mask, tt)]
                 out[idx] = np.asarray(self._forward(self._state, *batch))[: len(idx)]
         return out

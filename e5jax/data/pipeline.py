@@ -27,13 +27,13 @@ the same selection and is NaN on rows whose record has no teacher scores.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 
 import grain
 import numpy as np
 
 from e5jax.config import DataConfig
 from e5jax.data import packing
+from e5jax.data.padding import bucket_lengths, pad_to_bucket  # noqa: F401  (re-exported)
 from e5jax.errors import E5Error
 
 _TEXT_FIELDS = ("query", "passage", "positive", "source", "id")
@@ -45,32 +45,6 @@ _TEXT_FIELDS = ("query", "passage", "positive", "source", "id")
 def text_key(text: str) -> int:
     """Stable int32 hash of a text (same in every process and run): duplicate-passage masking."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=4).digest(), "little", signed=True)
-
-
-def bucket_lengths(max_length: int, num_buckets: int) -> tuple[int, ...]:
-    """`num_buckets` lengths evenly spaced up to `max_length`, rounded up to multiples of 8.
-
-    Multiples of 8 keep matmul tiles full; the last bucket is `max_length` itself.
-    """
-    out = set()
-    for i in range(1, num_buckets + 1):
-        even = -(-max_length * i // num_buckets)  # ceil(max * i / n)
-        out.add(min(max_length, -(-even // 8) * 8))
-    return tuple(sorted(out))
-
-
-def pad_to_bucket(rows: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token rows to the smallest bucket >= the longest row -> (ids, mask) int32."""
-    longest = max((len(r) for r in rows), default=1)
-    length = next((b for b in buckets if b >= longest), None)
-    if length is None:  # the tokenizer truncates to the max, so this is a bug upstream
-        raise ValueError(f"row of {longest} tokens exceeds the largest bucket {buckets[-1]}")
-    ids = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 def pick_negatives(num_available: int, k: int) -> list[int]:

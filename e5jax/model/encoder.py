@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from e5jax.config import DEFAULT_RULES, MeshConfig
+from e5jax.data.padding import bucket_lengths, pad_to_bucket
 from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model import hf
@@ -218,26 +219,16 @@ def default_dtype() -> str:
     return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
-def bucket_lengths(max_length: int, smallest: int = 16) -> list[int]:
-    """Powers of two from `smallest`, capped by (and ending at) `max_length`."""
-    out, n = [], smallest
-    while n < max_length:
-        out.append(n)
-        n *= 2
-    return out + [max_length]
+def encode_lengths(max_length: int, shapes: int = 8) -> tuple[int, ...]:
+    """Padded lengths `encode` uses: `shapes` evenly spaced lengths (multiples
+    of 8) ending at `max_length`, so a run compiles at most `shapes` shapes.
 
-
-def encode_lengths(max_length: int, shapes: int = 8) -> list[int]:
-    """Padded lengths `encode` uses: multiples of max(8, max_length // shapes),
-    rounded up to 8, ending at `max_length` — at most ~`shapes` compiled shapes.
-
-    Finer than `bucket_lengths` on purpose: a batch of sorted texts is padded
-    to at most one step past its longest text. On 2,000 Debian passages at max
-    length 128 (step 16) that computes 12% more FLOPs than the real tokens
-    need; powers of two computed 33% more (benchmarks/encode.py).
+    Evenly spaced rather than powers of two on purpose: a batch of sorted texts
+    is padded to at most one step past its longest text. On 2,000 Debian
+    passages at max length 128 (step 16) that computes 12% more FLOPs than the
+    real tokens need; powers of two computed 33% more (benchmarks/encode.py).
     """
-    step = max(8, -(-(max_length // shapes) // 8) * 8)
-    return [n for n in range(step, max_length, step)] + [max_length]
+    return bucket_lengths(max_length, shapes)
 
 
 class Encoder:
@@ -320,13 +311,7 @@ class Encoder:
 
         for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not show):
             idx = order[start:start + batch_size]
-            longest = max(len(ids[i]) for i in idx)
-            L = next(b for b in buckets if b >= longest)
-            batch = np.full((batch_size, L), pad_id, np.int32)
-            mask = np.zeros((batch_size, L), np.int32)
-            for r, i in enumerate(idx):
-                batch[r, :len(ids[i])] = ids[i]
-                mask[r, :len(ids[i])] = 1
+            batch, mask = pad_to_bucket([ids[i] for i in idx], buckets, pad_id, num_rows=batch_size)
             if self.mesh is not None:
                 sh = NamedSharding(self.mesh, jax.sharding.PartitionSpec(ax.BATCH_AXES))
                 batch, mask = jax.device_put(batch, sh), jax.device_put(mask, sh)
