@@ -1,17 +1,16 @@
-"""IR metrics with trec_eval's conventions (what BEIR reports through pytrec_eval).
+"""IR metrics as BEIR reports them: trec_eval's, through pytrec_eval.
 
 - A run is {qid: {docid: score}}; qrels are {qid: {docid: grade}}.
-- Ranking: score descending, equal scores by docid *descending* (trec_eval
-  sorts (score, docno) in reverse) — byte order of the ids.
-- Relevant: grade >= 1 (trec_eval's default relevance level; BEIR: > 0 on ints).
-  nDCG gain is the grade itself (not 2^g - 1); grades <= 0 gain nothing; the
-  ideal ranking sorts all judged grades, including documents absent from the
-  run or the corpus; discount 1 / log2(rank + 1).
-- Per-query values exist for queries in both the qrels (with at least one
-  judgment) and the run, as pytrec_eval; a query whose judgments are all
-  non-relevant scores 0 and still counts.
-  The mean is over those queries, like BEIR's EvaluateRetrieval.
-- MRR@10 = trec_eval's recip_rank on the top 10 (BEIR's custom "MRR@10").
+- trec_eval's conventions hold because trec_eval computes them: ranking by
+  score descending, equal scores by docid descending; relevant = grade >= 1;
+  nDCG gain = the grade, the ideal ranking over every judged document
+  (including ones absent from the run or the corpus).
+- Per-query values exist for the queries pytrec_eval scores (in both the run
+  and the qrels, with at least one judgment); a query whose judgments are all
+  non-relevant scores 0 and still counts. The mean is over those queries, like
+  BEIR's EvaluateRetrieval.
+- MRR@10 = recip_rank on the run cut to its top 10, BEIR's own "MRR@10".
+- BEIR drops a document whose id equals the query id (`run_from_topk`).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pytrec_eval
 
 NDCG_AT = (1, 3, 5, 10, 100)
 RECALL_AT = (1, 10, 100, 1000)
@@ -28,50 +28,42 @@ MAP_AT = 100
 Run = Mapping[str, Mapping[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
 
+# trec_eval measure -> our report name
+_NAMES = {f"ndcg_cut_{k}": f"nDCG@{k}" for k in NDCG_AT} | {f"recall_{k}": f"Recall@{k}" for k in RECALL_AT}
+_NAMES |= {f"map_cut_{MAP_AT}": f"MAP@{MAP_AT}"}
+_MEASURES = {
+    "ndcg_cut." + ",".join(map(str, NDCG_AT)),
+    "recall." + ",".join(map(str, RECALL_AT)),
+    f"map_cut.{MAP_AT}",
+}
+
 
 def metric_names() -> list[str]:
     """Report keys in a stable order: nDCG@k, MRR@10, Recall@k, MAP@100."""
     return [f"nDCG@{k}" for k in NDCG_AT] + [f"MRR@{MRR_AT}"] + [f"Recall@{k}" for k in RECALL_AT] + [f"MAP@{MAP_AT}"]
 
 
-def ranked_grades(docs: Mapping[str, float], judged: Mapping[str, int], depth: int) -> np.ndarray:
-    """Grades of the run's documents in trec_eval order, cut at `depth` (unjudged -> 0)."""
-    # reverse of (score asc, docid asc) = score desc, docid desc: trec_eval's order.
-    order = sorted(docs.items(), key=lambda kv: (kv[1], kv[0].encode()), reverse=True)[:depth]
-    return np.array([judged.get(d, 0) for d, _ in order], dtype=np.float64)
-
-
-def query_metrics(grades: np.ndarray, judged: Mapping[str, int]) -> dict[str, float]:
-    """All metrics of one query from its ranked grades (deep enough for every cut)."""
-    all_grades = np.array(sorted(judged.values(), reverse=True), dtype=np.float64)
-    num_rel = int(np.sum(all_grades >= 1))
-    rel = (grades >= 1).astype(np.float64)
-    ranks = np.arange(1, len(grades) + 1, dtype=np.float64)
-    gain = np.where(grades > 0, grades, 0.0) / np.log2(ranks + 1)
-    ideal_grades = np.where(all_grades > 0, all_grades, 0.0)
-    ideal = ideal_grades / np.log2(np.arange(2, len(ideal_grades) + 2, dtype=np.float64))
-    hits = np.cumsum(rel)
-    out: dict[str, float] = {}
-    for k in NDCG_AT:
-        idcg = ideal[:k].sum()
-        out[f"nDCG@{k}"] = float(gain[:k].sum() / idcg) if idcg > 0 else 0.0
-    first = np.flatnonzero(rel[:MRR_AT])
-    out[f"MRR@{MRR_AT}"] = float(1.0 / (first[0] + 1)) if len(first) else 0.0
-    for k in RECALL_AT:
-        out[f"Recall@{k}"] = float(rel[:k].sum() / num_rel) if num_rel else 0.0
-    precision_at_hits = (hits / ranks * rel)[:MAP_AT]
-    out[f"MAP@{MAP_AT}"] = float(precision_at_hits.sum() / num_rel) if num_rel else 0.0
-    return out
+def _top(docs: Mapping[str, float], k: int) -> dict[str, float]:
+    """The first k documents in trec_eval's order (score desc, then docid desc)."""
+    return dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k])
 
 
 def per_query(run: Run, qrels: Qrels) -> dict[str, dict[str, float]]:
-    """{qid: {metric: value}} for queries in both the run and the qrels."""
-    depth = max(max(NDCG_AT), max(RECALL_AT), MAP_AT, MRR_AT)
-    return {
-        qid: query_metrics(ranked_grades(run[qid], qrels[qid], depth), qrels[qid])
-        for qid in sorted(qrels)
-        if qid in run and qrels[qid]  # pytrec_eval skips a query with no judgments at all
-    }
+    """{qid: {metric: value}} for the queries pytrec_eval scores (sorted by qid)."""
+    # pytrec_eval wants plain dicts of str -> float / int.
+    run = {q: {d: float(s) for d, s in docs.items()} for q, docs in run.items()}
+    qrels = {q: {d: int(g) for d, g in judged.items()} for q, judged in qrels.items()}
+    scored = pytrec_eval.RelevanceEvaluator(qrels, _MEASURES).evaluate(run)
+    # recip_rank has no cut-off in trec_eval: BEIR cuts the run itself.
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(
+        {q: _top(docs, MRR_AT) for q, docs in run.items()}
+    )
+    out = {}
+    for q in sorted(scored):
+        m = {_NAMES[k]: v for k, v in scored[q].items() if k in _NAMES}
+        m[f"MRR@{MRR_AT}"] = rr[q]["recip_rank"]
+        out[q] = {n: float(m[n]) for n in metric_names()}
+    return out
 
 
 def mean_metrics(per_q: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

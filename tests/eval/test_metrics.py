@@ -81,3 +81,15 @@ def test_graded_gain_is_linear_and_ideal_counts_missing_docs():
 def test_run_from_topk_drops_identical_ids():
     run = metrics.run_from_topk(["x", "y"], ["x", "a", "b"], np.array([[3.0, 2.0], [1.0, 0.5]]), np.array([[0, 1], [2, 0]]))
     assert run == {"x": {"a": 2.0}, "y": {"b": 1.0, "x": 0.5}}
+
+
+def test_hand_computed_beir_numbers():
+    """MRR@10 is cut at 10 (recip_rank alone is not); MAP and Recall by hand."""
+    run = {"q": {f"d{i:02d}": 100.0 - i for i in range(20)}}  # d00 first ... d19 last
+    qrels = {"q": {"d10": 1, "d01": 2, "absent": 1}}  # ranks 11 and 2; one relevant doc not retrieved
+    m = metrics.per_query(run, qrels)["q"]
+    assert m["MRR@10"] == pytest.approx(1 / 2)
+    assert m["Recall@1"] == 0.0 and m["Recall@10"] == pytest.approx(1 / 3) and m["Recall@100"] == pytest.approx(2 / 3)
+    assert m["MAP@100"] == pytest.approx((1 / 2 + 2 / 11) / 3)
+    only_late = metrics.per_query({"q": run["q"]}, {"q": {"d10": 1}})["q"]
+    assert only_late["MRR@10"] == 0.0 and only_late["Recall@100"] == 1.0
