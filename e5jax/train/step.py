@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -350,7 +351,7 @@ def make_train_step(cfg: Config, graphdef: nnx.GraphDef, mesh: Mesh | None):
                 lambda m: plain_loss(m, batch, step_key, cfg, mesh), has_aux=True)(model)
         metrics = dict(metrics)
         with jax.named_scope("optimizer"):
-            metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+            metrics["grad_norm"] = optax.tree.norm(grads)
             opt.update(model, grads)
         return nnx.state((model, opt)), metrics
 

@@ -13,7 +13,7 @@ from e5jax.data.packing import pack, pack_towers
 from e5jax.model import axes as ax
 from e5jax.train.state import create_state
 from e5jax.train.step import cached_grads, make_train_step, plain_loss
-from tests.train.test_step import _batch, _cfg
+from tests.train.test_step import GRADIENT_IN_MU, _batch, _cfg, assert_same_gradients, params, step_gradients
 
 
 def to_packed(batch: dict, groups: int, blocks: int = 0, joint: bool = False) -> dict:
@@ -86,19 +86,24 @@ def test_packed_cached_step_on_4_devices_equals_padded_step_on_1(tiny_overrides)
                                              ("joint cached 4 devices", 8, 4, joint_cached, 1),
                                              ("joint cached 4 devices, default row blocks", 8, 4, joint_cached, 0)):
         cfg = _cfg(tiny_overrides, **{"train.grad_cache_chunk": chunk, "train.batch_size": 16,
-                                      "optim.learning_rate": 2e-5, "model.row_blocks": blocks})
+                                      "optim.learning_rate": 2e-5, "model.row_blocks": blocks, **GRADIENT_IN_MU})
         assert resolve_row_blocks(cfg.model) == (blocks or 2)
         mesh = ax.make_mesh(cfg.mesh, jax.devices()[:ndev])
         graphdef, state = create_state(cfg, mesh)
         batch = {k: jax.device_put(v, ax.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
         with ax.axis_rules(mesh):
             runs[name] = jax.jit(make_train_step(cfg, graphdef, mesh))(state, batch)
+    # Each run's gradient, parameter by parameter (the first moment after one step,
+    # see GRADIENT_IN_MU), and its parameters, which move at step 0.
     ref_state, ref_m = runs.pop("padded 1 device")
+    ref_grads, ref_params = step_gradients(ref_state), params(ref_state)
     for name, (st, m) in runs.items():
         np.testing.assert_allclose(m["loss"], ref_m["loss"], atol=1e-5, err_msg=name)
+        assert_same_gradients(step_gradients(st), ref_grads, atol=2e-5, name=name)
         np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-4, err_msg=name)
-        for a, b in zip(jax.tree.leaves(ref_state), jax.tree.leaves(st)):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, err_msg=name)
+        got = params(st)
+        for k, v in ref_params.items():
+            np.testing.assert_allclose(got[k], v, atol=1e-6, err_msg=f"{name} {k}")
 
 
 def test_packed_training_run_reports_the_padded_runs_losses(tmp_path, tiny_overrides):
