@@ -27,8 +27,18 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test,beam]"
 	touch $@ $(STAMP_BASE)
 
+# libtpu for the deviceless TPU compile tests (tests/tpu/test_compile.py), in a
+# folder of its own that those tests put on PYTHONPATH: installed into the venv,
+# libtpu makes every JAX process without JAX_PLATFORMS (the demo) print a
+# screenful of TPU-initialisation warnings. Same pin as pyproject's `tpu` extra.
+LIBTPU := libtpu==0.0.42.1
+LIBTPU_DIR := $(VENV)/libtpu
+$(LIBTPU_DIR)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --no-deps --target $(LIBTPU_DIR) "$(LIBTPU)"
+	touch $@
+
 setup: $(STAMP_BASE) $(MODEL_STAMP)
-setup-test: $(STAMP_TEST) $(MODEL_STAMP)
+setup-test: $(STAMP_TEST) $(MODEL_STAMP) $(LIBTPU_DIR)/.installed
 
 # The main job: the whole E5 recipe end to end on a small real corpus.
 demo: setup

@@ -1,0 +1,328 @@
+"""What a compiled TPU step costs, per chip: memory against HBM, compiled FLOPs
+against the model's, the collectives in the program, and a roofline projection.
+
+Collectives are read from `compiled.as_text()` (the TPU HLO after SPMD
+partitioning): each op's result shape gives its bytes, its replica groups the
+number of chips it spans, and the `known_trip_count` of the while loops around
+it (gradient caching's scans) how often it runs per step.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from e5jax.aot.build import Compiled
+
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_OP = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.+?) (" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_CALLEE = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONST = re.compile(r"= s32\[\]\S* constant\((\d+)\)")
+_GROUPS_LIST = re.compile(r"replica_groups=\{\{([\d,]*)\}")
+_GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
+
+
+def _arrays(type_str: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(dt, tuple(int(d) for d in dims.split(",") if d)) for dt, dims in _ARRAY.findall(type_str)
+            if dt in _DTYPE_BYTES]
+
+
+def _nbytes(arrays) -> int:
+    return sum(_DTYPE_BYTES[dt] * math.prod(shape) for dt, shape in arrays)
+
+
+def _computations(hlo: str) -> list[tuple[str, list[str]]]:
+    """(name, instruction lines) per computation, in the order printed (callees first)."""
+    comps, name, body = [], None, []
+    for line in hlo.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            body = []
+        elif line.startswith("}") and name is not None:
+            comps.append((name, body))
+            name = None
+        elif name is not None:
+            body.append(line)
+    return comps
+
+
+def _trip_counts(comps) -> dict[str, int]:
+    """condition computation -> its loop's trip count: `i < N` against a constant (jax's scans
+    count from 0 by 1); libtpu's HLO carries no known_trip_count."""
+    out = {}
+    for name, body in comps:
+        consts = [int(m.group(1)) for line in body for m in [_CONST.search(line)] if m]
+        if any("direction=LT" in line for line in body) and len(consts) == 1:
+            out[name] = consts[0]
+    return out
+
+
+def _multiplicity(comps) -> tuple[dict[str, int], list[int]]:
+    """How many times each computation runs per step (while loops' trip counts), and the
+    trip count of every while loop."""
+    mult = {name: 0 for name, _ in comps}
+    if comps:
+        mult[comps[-1][0]] = 1  # ENTRY is printed last
+    trips = _trip_counts(comps)
+    loops = []
+    for name, body in reversed(comps):  # callers before callees
+        m = mult.get(name, 0)
+        if not m:
+            continue
+        for line in body:
+            known = _TRIP.search(line)
+            callees = dict(_CALLEE.findall(line))
+            trip = int(known.group(1)) if known else trips.get(callees.get("condition", ""), 1)
+            if "body" in callees:
+                loops.append(trip)
+            for kind, callee in callees.items():
+                if callee in mult:
+                    mult[callee] += m * (trip if kind == "body" else 1)
+            for branches in _BRANCHES.findall(line):
+                for callee in (b.strip().lstrip("%") for b in branches.split(",")):
+                    if callee in mult:
+                        mult[callee] += m
+    return mult, loops
+
+
+def _group_size(line: str, chips: int) -> int:
+    m = _GROUPS_LIST.search(line)
+    if m:
+        return max(1, len([x for x in m.group(1).split(",") if x]))
+    m = _GROUPS_IOTA.search(line)
+    return int(m.group(2)) if m else chips
+
+
+def _traffic(op: str, nbytes: int, n: int) -> float:
+    """Bytes a chip sends for one op on a ring of n chips (result of `nbytes`)."""
+    if n <= 1:
+        return 0.0
+    return {"all-gather": nbytes * (n - 1) / n, "reduce-scatter": nbytes * (n - 1),
+            "all-reduce": 2 * nbytes * (n - 1) / n, "all-to-all": nbytes * (n - 1) / n}.get(op, nbytes)
+
+
+def collectives(hlo: str, chips: int) -> dict:
+    """Per kind: ops in the program, executions per step, bytes per step (results), ring traffic;
+    and every distinct (kind, array) moved, for checks such as 'no [B x C] logits move'."""
+    comps = _computations(hlo)
+    mult, loops = _multiplicity(comps)
+    out = {k: {"ops": 0, "executions": 0, "bytes": 0, "traffic_bytes": 0.0} for k in COLLECTIVES}
+    arrays: dict[tuple, int] = {}
+    for name, body in comps:
+        m = mult.get(name, 0)
+        for line in body:
+            hit = _OP.match(line)
+            if not hit:
+                continue
+            type_str, op, start = hit.groups()
+            arrs = _arrays(type_str)
+            if start and op in ("all-gather", "collective-permute") and len(arrs) > 1:
+                arrs = arrs[len(arrs) // 2:]  # (operands, results): count the results
+            nbytes = _nbytes(arrs)
+            rec = out[op]
+            rec["ops"] += 1
+            rec["executions"] += m
+            rec["bytes"] += nbytes * m
+            rec["traffic_bytes"] += _traffic(op, nbytes, _group_size(line, chips)) * m
+            for dt, shape in arrs:
+                arrays[(op, dt, shape)] = arrays.get((op, dt, shape), 0) + max(m, 1)
+    moved = [{"op": op, "dtype": dt, "shape": list(shape), "executions": n}
+             for (op, dt, shape), n in sorted(arrays.items(), key=lambda kv: -_nbytes([kv[0][1:]]) * kv[1])]
+    return {"by_kind": out, "arrays": moved, "loops": loops}
+
+
+# ------------------------------------------------------------------ FLOPs
+
+
+def _tower_texts(c: Compiled) -> dict[str, tuple[int, int]]:
+    """tower -> (texts in the global batch, tokens per text) of the synthetic batch."""
+    d, b = c.cfg.data, c.batch
+    out = {}
+    for t in ("query", "passage", "negative"):
+        if f"{t}_lengths" in b:
+            n = b[f"{t}_lengths"].shape[0]
+        elif f"{t}_input_ids" in b:
+            n = math.prod(b[f"{t}_input_ids"].shape[:-1])
+        else:
+            continue
+        longest = d.max_query_length if t == "query" else d.max_passage_length
+        out[t] = (n, min(c.text_tokens or max(d.max_query_length, d.max_passage_length), longest))
+    return out
+
+
+def _row_blocks(c: Compiled) -> list[tuple[int, int]]:
+    """(rows, row length) of every set of rows the encoder computes (padding included)."""
+    out = []
+    for k, v in c.batch.items():
+        if k.endswith("_input_ids"):
+            out.append((math.prod(v.shape[:-1]), v.shape[-1]))
+    return out
+
+
+def flops(c: Compiled) -> dict:
+    """Model FLOPs (MFU's count: 6 * non-embedding params * real tokens + attention + the loss's
+    logits) and what the configured step computes by design (padding, remat, gradient caching)."""
+    from e5jax.train.state import bert_config
+
+    bert = bert_config(c.cfg)
+    H, I, layers = bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers
+    n_params = layers * (4 * H * H + 2 * H * I + 9 * H + I)  # non-embedding: attention, MLP, biases, norms
+    towers = _tower_texts(c)
+    B = towers["query"][0]
+    candidates = B + (towers["negative"][0] if "negative" in towers else 0)
+    loss = 6 * B * candidates * H  # logits forward (2BCH) and backward (4BCH)
+    tokens = sum(n * L for n, L in towers.values())
+    attn = lambda n, L: 4 * layers * H * n * L * L  # noqa: E731  forward: scores + context
+    model = 6 * n_params * tokens + 3 * sum(attn(n, L) for n, L in towers.values()) + loss
+    rows = _row_blocks(c)
+    unit = 2 * n_params * sum(r * L for r, L in rows) + sum(attn(r, L) for r, L in rows)  # one forward pass
+    t = c.cfg.train
+    n_chunks = t.batch_size // t.grad_cache_chunk if t.grad_cache_chunk else 0
+    extra_fwd = (n_chunks - 1 if t.grad_cache_keep_last else n_chunks) / n_chunks if n_chunks else 0.0
+    passes = 3 + (1 if c.cfg.model.remat else 0) + extra_fwd
+    return {"non_embedding_params": n_params, "tokens": tokens, "computed_tokens": sum(r * L for r, L in rows),
+            "model_flops": model, "expected_flops": passes * unit + loss, "forward_passes": passes,
+            "grad_cache_chunks": n_chunks, "remat": c.cfg.model.remat}
+
+
+# ------------------------------------------------------------------ the report
+
+
+def _cost(compiled) -> dict:
+    ca = compiled.cost_analysis()
+    return (ca[0] if isinstance(ca, (list, tuple)) else ca) or {}
+
+
+def state_shardings(c: Compiled) -> dict[str, str]:
+    """The compiled program's input sharding of every state leaf, by path."""
+    import jax
+
+    shardings = c.compiled.input_shardings[0][0]
+    flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): _spec(s.spec) for p, s in flat}
+
+
+def expected_shardings(c: Compiled) -> dict[str, str]:
+    """What the rules table gives every state leaf (the state's abstract shardings)."""
+    import jax
+
+    flat = jax.tree_util.tree_flatten_with_path(c.state)[0]
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): _spec(a.sharding.spec) for p, a in flat}
+
+
+def _spec(spec) -> str:
+    """A PartitionSpec as text, trailing replicated dims dropped (P('fsdp', None) == P('fsdp'))."""
+    dims = list(spec)
+    while dims and dims[-1] is None:
+        dims.pop()
+    return "P(" + ", ".join(repr(d) for d in dims) + ")"
+
+
+def logits_moved(c: Compiled, moved: list[dict]) -> list[dict]:
+    """Collectives whose array holds a [global batch x candidates] matrix (the InfoNCE logits
+    must stay row-sharded: each chip scores its own queries against every candidate). An
+    all-gather of [B, H] embeddings is expected, and reads as logits when C == H."""
+    towers = _tower_texts(c)
+    B = towers["query"][0]
+    C = B + (towers["negative"][0] if "negative" in towers else 0)
+
+    def has(shape):
+        dims = list(shape)
+        if B not in dims:
+            return False
+        dims.remove(B)
+        dims = [d for d in dims if d != 1]
+        return dims == [C]  # exactly [B, C] (a [B, K, H] block of embeddings is not logits)
+
+    return [a for a in moved if has(a["shape"])]
+
+
+def analyse(c: Compiled, *, steps: int | None = None) -> dict:
+    s, chip = c.slice, c.slice.chip
+    mem = c.compiled.memory_analysis()
+    arg, out, alias, temp = (mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
+                             mem.temp_size_in_bytes)
+    code = mem.generated_code_size_in_bytes
+    total = arg + out - alias + temp + code
+    cost = _cost(c.compiled)
+    coll = collectives(c.compiled.as_text(), s.chips)
+    f = flops(c)
+    compiled_flops = float(cost.get("flops", 0.0))
+    hbm_bytes = float(cost.get("bytes accessed", 0.0))
+    traffic = sum(k["traffic_bytes"] for k in coll["by_kind"].values())
+    ring_bw = chip.ici_bw * 2 / chip.ici_ports  # both directions of one ring (one torus axis)
+    times = {"compute_s": compiled_flops / chip.peak_flops, "hbm_s": hbm_bytes / chip.hbm_bw,
+             "ici_s": traffic / ring_bw}
+    step_s = max(times.values())
+    steps = c.cfg.train.steps if steps is None else steps
+    model_chip = f["model_flops"] / s.chips
+    got, want = state_shardings(c), expected_shardings(c)
+    return {
+        "slice": s.name, "topology": s.topology, "chips": s.chips, "hosts": s.hosts,
+        "mesh": dict(c.mesh.shape), "global_batch": c.cfg.train.batch_size, "text_tokens": c.text_tokens,
+        "batch": {k: list(v.shape) for k, v in c.batch.items()},
+        "lower_s": round(c.lower_s, 2), "compile_s": round(c.compile_s, 2),
+        "memory": {"argument_bytes": arg, "output_bytes": out, "alias_bytes": alias, "temp_bytes": temp,
+                   "code_bytes": code, "total_bytes": total, "hbm_bytes": chip.hbm_bytes,
+                   "headroom_bytes": chip.hbm_bytes - total, "fits": total <= chip.hbm_bytes},
+        "flops": {**f, "compiled_flops_per_chip": compiled_flops, "model_flops_per_chip": model_chip,
+                  "expected_flops_per_chip": f["expected_flops"] / s.chips,
+                  "compiled_over_expected": compiled_flops / (f["expected_flops"] / s.chips),
+                  "compiled_over_model": compiled_flops / model_chip, "hbm_bytes_accessed": hbm_bytes},
+        "collectives": coll["by_kind"],
+        "collective_arrays": coll["arrays"],
+        "while_loops": coll["loops"],
+        "logits_moved": logits_moved(c, coll["arrays"]),
+        "state_shardings": got,
+        "shardings_as_rules": got == want,
+        "roofline": {**times, "step_s": step_s, "bound": max(times, key=times.get)[:-2], "steps": steps,
+                     "run_s": step_s * steps, "mfu_bound": model_chip / chip.peak_flops / step_s,
+                     "peak_flops": chip.peak_flops, "hbm_bw": chip.hbm_bw, "ici_ring_bw": ring_bw},
+    }
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def _dur(s: float) -> str:
+    return f"{s:.3g} s" if s < 120 else f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
+
+
+def format_report(r: dict) -> str:
+    m, f, ro = r["memory"], r["flops"], r["roofline"]
+    lines = [
+        f"{r['slice']} ({r['topology']}, {r['chips']} chips, {r['hosts']} host(s)), mesh {r['mesh']}, "
+        f"global batch {r['global_batch']}; lowered {r['lower_s']} s, compiled {r['compile_s']} s",
+        f"memory per chip: arguments {_gib(m['argument_bytes'])} + outputs {_gib(m['output_bytes'])} "
+        f"- aliased {_gib(m['alias_bytes'])} + temporaries {_gib(m['temp_bytes'])} + code {_gib(m['code_bytes'])} "
+        f"= {_gib(m['total_bytes'])} of {_gib(m['hbm_bytes'])} HBM (headroom {_gib(m['headroom_bytes'])})",
+        f"FLOPs per chip: compiled {f['compiled_flops_per_chip']:.3e}; model {f['model_flops_per_chip']:.3e} "
+        f"(6 x {f['non_embedding_params'] / 1e6:.1f}M params x {f['tokens']:,} tokens + attention + logits); "
+        f"by design {f['expected_flops_per_chip']:.3e} ({f['forward_passes']:.3g} forward passes: "
+        f"remat={f['remat']}, {f['grad_cache_chunks']} gradient-cache chunks); "
+        f"compiled/design {f['compiled_over_expected']:.3f}, compiled/model {f['compiled_over_model']:.3f}"
+        + (f" (XLA's cost analysis counts the body of each of the {len(r['while_loops'])} while loops once; "
+           f"trip counts {r['while_loops']})" if r["while_loops"] else ""),
+        "collectives per step (ops in program / executions / bytes): " + "; ".join(
+            f"{k} {v['ops']}/{v['executions']}/{_gib(v['bytes'])}" for k, v in r["collectives"].items() if v["ops"]),
+        "logits [batch x candidates] moved by a collective: "
+        f"{'YES ' + str(r['logits_moved'][:2]) if r['logits_moved'] else 'no'}; "
+        f"state sharded as the rules table says: {'yes' if r['shardings_as_rules'] else 'NO'}",
+        f"roofline per step: compute {_dur(ro['compute_s'])}, HBM {_dur(ro['hbm_s'])}, ICI {_dur(ro['ici_s'])} "
+        f"-> {_dur(ro['step_s'])} ({ro['bound']}-bound); {ro['steps']:,} steps {_dur(ro['run_s'])}; "
+        f"MFU bound {ro['mfu_bound']:.1%}",
+    ]
+    return "\n".join(lines)
+
+
+def does_not_fit(r: dict) -> str:
+    m = r["memory"]
+    return (f"does not fit: {r['slice']} needs {_gib(m['total_bytes'])} per chip (arguments "
+            f"{_gib(m['argument_bytes'])}, temporaries {_gib(m['temp_bytes'])}) of {_gib(m['hbm_bytes'])} HBM; "
+            "lower train.batch_size or train.grad_cache_chunk, shard more (mesh.fsdp), or use a larger slice")
