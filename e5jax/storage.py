@@ -110,3 +110,28 @@ def check_shards(folder, split: str, *, limit: float | None = None) -> None:
     if bad:
         raise E5Error(f"dataset {folder}: {len(bad)} of the {len(wanted)} shards of split {split!r} are missing "
                       f"or empty (first: {bad[0]}); an interrupted or partial copy? rebuild it with `e5jax build`")
+
+
+MARKER = "dataset_info.json"  # TFDS's: a version folder without it is not a built dataset (dataset_dir)
+
+
+def upload_dataset(local_folder, url) -> None:
+    """Copy a built TFDS version folder to `url`, replacing what is there.
+
+    The ArrayRecord writer cannot write gs://, so builds are staged locally.
+    Order is what makes an interruption safe: an old version loses its
+    `dataset_info.json` first, and the new one gets it last, so at no moment
+    does a partial folder look like a built dataset to `train`."""
+    import fsspec
+
+    fs = _fs(str(url))
+    dest = str(url).rstrip("/")
+    if fs.exists(f"{dest}/{MARKER}"):
+        fs.rm(f"{dest}/{MARKER}")
+    if fs.exists(dest):
+        fs.rm(dest, recursive=True)
+    local = fsspec.filesystem("file")
+    files = sorted(str(p) for p in local.find(str(local_folder)))
+    files.sort(key=lambda p: os.path.basename(p) == MARKER)  # the marker last
+    for f in files:
+        fs.put_file(f, f"{dest}/{os.path.relpath(f, str(local_folder))}")

@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     import tensorflow_datasets as tfds  # heavy: imported only when the command runs
 
     from e5jax.data.ccpairs import builder, records
+    from e5jax.storage import check_reachable
 
+    check_reachable(args.data_dir, "--data-dir")  # a bucket that does not answer: one line, bounded time
     tfds.disable_progress_bar()
     summary = builder.build_dataset(
         args.inputs,

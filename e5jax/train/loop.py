@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from e5jax.config import Config
 from e5jax.errors import E5Error
 from e5jax.model import axes as ax
+from e5jax.storage import check_reachable
 from e5jax.train import checkpoint as ckpt
 from e5jax.train.metrics import MetricWriter, Progress
 from e5jax.train.optimizer import schedule
@@ -70,9 +71,12 @@ def pack_groups(cfg: Config, mesh, *, train: bool) -> int:
 
 
 def _iterators(cfg: Config, tokenizer, split: str, *, train: bool, mesh):
-    from e5jax.data.ccpairs.builder import load_source
+    from e5jax.data.ccpairs.builder import dataset_dir, load_source
     from e5jax.data.pipeline import make_eval_iterator, make_train_iterator
+    from e5jax.storage import check_shards
 
+    # The C++ shard reader takes a missing gs:// shard for an empty one: check first.
+    check_shards(dataset_dir(cfg.data.data_dir, cfg.data.name), split)
     source = load_source(cfg.data.data_dir, cfg.data.name, split)
     kw = dict(tokenizer=tokenizer, cfg=cfg.data, batch_size_per_process=_host_batch_size(cfg),
               process_index=jax.process_index(), process_count=jax.process_count(),
@@ -141,6 +145,10 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
     """
     workdir_p = epath.Path(workdir)
     is_main = jax.process_index() == 0
+    # A gs:// bucket that does not answer fails here, in bounded time and one line,
+    # not minutes later inside a C++ reader's or tensorstore's retry loop.
+    check_reachable(cfg.data.data_dir, "data.data_dir")
+    check_reachable(workdir, "--workdir")
 
     # ---------------------------------------------------------------- Mesh
     mesh = ax.make_mesh(cfg.mesh)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Sequence
 from typing import ClassVar
@@ -221,11 +222,18 @@ def build_dataset(
     # Build into a hidden staging data dir and swap it in only on success: a
     # failed (or killed) build never touches the dataset already there, and
     # leaves no empty DATA_DIR/NAME behind.
-    # Object stores have no folder rename: a gs:// build is written in place (TFDS
-    # regenerates it on --overwrite) and gets no such guarantee.
+    # Object stores have no folder rename, and the ArrayRecord writer cannot open
+    # gs:// at all: a gs:// build is made in a local staging folder and uploaded
+    # (e5jax.storage.upload_dataset: dataset_info.json, which marks a version as
+    # built, goes last), so an interrupted build or upload is never taken for a dataset.
     remote = is_url(data_dir)
+    if remote and beam_runner not in (None, "DirectRunner"):
+        raise E5Error(f"--data-dir {data_dir}: the ArrayRecord writer cannot write a URL, so a {beam_runner} build "
+                      "cannot write it from its workers; build with DirectRunner (staged locally, then uploaded) "
+                      "or into a folder the workers share (a gcsfuse mount)")
     root_existed = root.exists()
-    staging = root if remote else root / f".{name}.building-{uuid.uuid4().hex[:12]}"
+    staging = (epath.Path(tempfile.mkdtemp(prefix=f"e5jax-build-{name}-")) if remote
+               else root / f".{name}.building-{uuid.uuid4().hex[:12]}")
     builder = cls(
         data_dir=str(staging),
         inputs=inputs,
@@ -241,7 +249,7 @@ def build_dataset(
         options = PipelineOptions(list(beam_options))
     modes = tfds.download.GenerateMode
     config = tfds.download.DownloadConfig(
-        download_mode=modes.FORCE_REDOWNLOAD if remote and overwrite else modes.REUSE_CACHE_IF_EXISTS,
+        download_mode=modes.REUSE_CACHE_IF_EXISTS,
         beam_runner=beam_runner,
         beam_options=options,
         try_download_gcs=False,
@@ -257,14 +265,17 @@ def build_dataset(
                 f"no records kept for split {split!r} of {name!r} ({_dropped_line(builder.summary)}); "
                 + ("raise --heldout-fraction or set it to 0" if split == "heldout" else "check the input shards")
             ) from e
-        if not remote:
+        if remote:
+            from e5jax.storage import upload_dataset
+
+            upload_dataset(staging / name / VERSION, final)
+        else:
             _swap_in(staging / name / VERSION, final)
     finally:
-        if not remote:
-            if staging.exists():
-                staging.rmtree()
-            if not root_existed and root.exists() and not any(root.iterdir()):
-                root.rmdir()
+        if staging.exists():
+            staging.rmtree()
+        if not remote and not root_existed and root.exists() and not any(root.iterdir()):
+            root.rmdir()
     summary = builder.summary
     summary.update(path=str(final), kind=kind, heldout_fraction=heldout_fraction, max_chars=max_chars)
     return summary
