@@ -3,17 +3,23 @@
 Init: bert-large-uncased-whole-word-masking (local folder, e.g.
 `huggingface-cli download google-bert/bert-large-uncased-whole-word-masking --local-dir ckpt/bert-large-uncased-wwm`).
 
-Run (TPU pod, every worker; see tpu_scripts/launch.sh):
+Run (TPU v4-64, every worker; see tpu_scripts/launch.sh):
     e5jax train --config configs/e5_large_pretrain.py --workdir gs://BUCKET/e5-large-pt \
         --set data.data_dir=gs://BUCKET/tfds
 """
 
+import pathlib
+
 from e5jax.config import Config, DataConfig, LossConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+
+# The init model's architecture (its config.json): `e5jax compile` builds the model from it
+# where the weights are not on the machine.
+ARCH = str(pathlib.Path(__file__).resolve().parent / "bert_large_uncased.json")
 
 
 def get_config() -> Config:
     return Config(
-        model=ModelConfig(init="ckpt/bert-large-uncased-wwm", pooling="mean", normalize=True,
+        model=ModelConfig(init="ckpt/bert-large-uncased-wwm", arch=ARCH, pooling="mean", normalize=True,
                           dtype="bfloat16", remat=True),
         data=DataConfig(data_dir="gs://BUCKET/tfds", name="ccpairs_filtered", pack=True, max_query_length=128,
                         max_passage_length=128, num_buckets=4, one_source_per_batch=True),

@@ -36,7 +36,9 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 @dataclass(frozen=True)
 class ModelConfig:
     init: str = ""  # HF folder or e5jax export to start from; "" = random init from `arch`
-    arch: str = ""  # JSON file (HF config.json) for a scratch model; used when init == ""
+    # JSON file (HF config.json) for a scratch model, used when init == ""; with an init, that model's
+    # architecture, for `e5jax compile` on a machine without its weights
+    arch: str = ""
     tokenizer: str = ""  # tokenizer folder; "" = the init folder
     pooling: str = "mean"  # "mean" (E5) or "cls"
     normalize: bool = True  # L2-normalise embeddings (cosine similarity)

@@ -73,11 +73,13 @@ def parse_slice(name: str) -> Slice:
     return Slice(name, chip, chips, f"{kind}:{shapes[chips]}")
 
 
-def quiet_libtpu_env(s: Slice) -> None:
+def deviceless_env(s: Slice) -> None:
     """On a machine without TPU chips, libtpu looks for the slice in the environment and
     prints a screenful of warnings when it is not there (no network query: JAX sets
-    TPU_SKIP_MDS_QUERY itself where no chip is found). Name it; never on a TPU VM, whose
-    runtime reads the real values."""
+    TPU_SKIP_MDS_QUERY itself where no chip is found): name it. And libtpu takes a
+    machine-wide lock (/tmp/libtpu_lockfile) that would fail a second compile running at
+    the same time; with no chip to guard there is nothing to lock. Never on a TPU VM,
+    whose runtime reads the real values."""
     import glob
 
     if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):  # TPU chips (as train.loop._on_tpu_vm)
@@ -85,11 +87,12 @@ def quiet_libtpu_env(s: Slice) -> None:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{s.chip.accelerator}-{s.name.split('-')[1]}")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def devices(s: Slice) -> list:
     """The slice's TPU devices (one per chip), from libtpu: no TPU needed."""
-    quiet_libtpu_env(s)
+    deviceless_env(s)
     try:
         import libtpu  # noqa: F401  (only to name the fix when it is missing)
     except ImportError as e:
