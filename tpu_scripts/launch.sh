@@ -6,7 +6,12 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-USAGE="Usage: $PROG --name NAME --zone ZONE --preset CONFIG --workdir gs://BUCKET/RUN --data-dir gs://BUCKET/tfds [--set key=value ...] [--project P] [--dry-run]
+USAGE="Usage: $PROG --name NAME --zone ZONE --preset CONFIG --workdir gs://BUCKET/RUN --data-dir gs://BUCKET/tfds --type TYPE [--set key=value ...] [--skip-compile-check] [--project P] [--dry-run]
+
+First, on this machine, compile the step for the slice without a TPU,
+  .venv/bin/e5jax compile --config CONFIG --topology TYPE --set data.data_dir=DATA_DIR [--set ...]
+(needs pip install \".[tpu]\" here): a preset that does not fit the slice's
+HBM stops here, in minutes, before the pod runs anything.
 
 Start, on every worker at once (--worker=all),
   e5jax train --config CONFIG --workdir WORKDIR --set data.data_dir=DATA_DIR [--set ...]
@@ -24,12 +29,18 @@ with the same workdir resumes from its latest checkpoint.
   --workdir DIR       checkpoints, metrics and TensorBoard logs (gs://...)
   --data-dir DIR      TFDS data dir holding the pair dataset (gs://...)
   --set key=value     more config overrides, passed on to e5jax train (repeatable)
+  --type TYPE         the slice's accelerator type (as given to create.sh), e.g. v4-32: the compile check's target
+  --skip-compile-check  start without compiling for the slice here first
   --project P         Google Cloud project (default: gcloud's configured one)
   --dry-run           print the gcloud command instead of running it
   -h, --help          this text"
-VALUE_FLAGS=(name zone preset workdir data-dir set project)
+VALUE_FLAGS=(name zone preset workdir data-dir set project type)
+BOOL_FLAGS=(skip-compile-check)
 REQUIRED=(name zone preset workdir data-dir)
 parse_flags "$@"
+if [[ -z ${OPT[skip-compile-check]:-} && -z ${OPT[type]:-} ]]; then
+  die "give --type (the slice's accelerator type, e.g. v4-32) for the compile check, or --skip-compile-check"
+fi
 
 for key in workdir data-dir; do
   if [[ ${OPT[$key]} != gs://* ]]; then
@@ -44,6 +55,20 @@ for kv in "${SETS[@]}"; do
   train+=(--set "$kv")
 done
 preset=$(quote "${OPT[preset]}")
+
+# The compile check, here, from this checkout (the preset path is relative to it).
+if [[ -z ${OPT[skip-compile-check]:-} ]]; then
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  check=("$root/.venv/bin/e5jax" compile --config "$root/${OPT[preset]}" --topology "${OPT[type]}"
+    --set "data.data_dir=${OPT[data-dir]}")
+  for kv in "${SETS[@]}"; do
+    check+=(--set "$kv")
+  done
+  if ((!DRY_RUN)) && [[ ! -x ${check[0]} ]]; then
+    die "no ${check[0]} for the compile check (make setup; pip install \".[tpu]\"), or use --skip-compile-check"
+  fi
+  run "${check[@]}" || die "the compile check failed for ${OPT[type]} (see above); --skip-compile-check starts anyway"
+fi
 
 remote="set -e"
 remote+="; cd \"$REMOTE_DIR\""

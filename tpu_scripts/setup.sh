@@ -14,8 +14,8 @@ On every worker at once (--worker=all), over gcloud ssh:
   2. make the venv ~/e5jax/.venv with Python --python. e5jax needs 3.11 and
      the TPU images ship another, so uv (pip-installed for the user)
      provides it;
-  3. pip install e5jax and jax[tpu] in one resolve, so the TPU jaxlib and
-     libtpu match the jax version e5jax pins, plus gcsfs (TFDS and orbax list
+  3. pip install e5jax with its tpu extra (jax[tpu] and libtpu at the
+     versions e5jax pins) in one resolve, plus gcsfs (TFDS and orbax list
      and read gs:// paths through it when TensorFlow is absent);
   4. with --weights: copy each listed model folder from Cloud Storage into
      ~/e5jax/ckpt/ (gcloud storage rsync), where the presets' model.init
@@ -55,7 +55,7 @@ remote+="; git fetch --quiet origin $ref"
 remote+="; git checkout --quiet --detach FETCH_HEAD"
 remote+="; python3 -m uv venv --quiet --allow-existing --seed --python $python .venv"
 remote+="; .venv/bin/pip install --quiet --upgrade pip"
-remote+="; .venv/bin/pip install --quiet --upgrade -e . \"jax[tpu]\" gcsfs -f $index"
+remote+="; .venv/bin/pip install --quiet --upgrade -e \".[tpu]\" gcsfs -f $index"
 remote+="; .venv/bin/e5jax --help > /dev/null"
 if [[ -n ${OPT[weights]:-} ]]; then
   IFS=, read -ra urls <<< "${OPT[weights]}"

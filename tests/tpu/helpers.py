@@ -21,7 +21,7 @@ WHERE = ["--name", NAME, "--zone", ZONE]
 ARGS = {
     "create.sh": WHERE + ["--type", "v4-32", "--runtime", "tpu-ubuntu2204-base", "--project", PROJECT, "--spot"],
     "setup.sh": WHERE + ["--repo", REPO],
-    "launch.sh": WHERE + ["--preset", PRESET, "--workdir", WORKDIR, "--data-dir", DATA_DIR],
+    "launch.sh": WHERE + ["--preset", PRESET, "--workdir", WORKDIR, "--data-dir", DATA_DIR, "--type", "v4-32"],
     "logs.sh": WHERE,
     "stop.sh": WHERE,
     "delete.sh": WHERE,
@@ -60,7 +60,8 @@ def gcloud_argv(line: str, fake) -> list[str]:
 
 def remote_command(name: str, *args: str, fake) -> str:
     """What the workers' shells receive: the --command of the gcloud ssh call."""
-    (line,) = dry_run(name, *args)
+    *check, line = dry_run(name, *args)  # launch.sh's compile check comes first
+    assert len(check) <= 1
     argv = gcloud_argv(line, fake)
     assert argv[:4] == ["compute", "tpus", "tpu-vm", "ssh"]
     return argv[argv.index("--command") + 1]

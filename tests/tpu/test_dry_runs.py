@@ -48,7 +48,7 @@ EXPECTED = {
     "; git checkout --quiet --detach FETCH_HEAD"
     "; python3 -m uv venv --quiet --allow-existing --seed --python 3.11 .venv"
     "; .venv/bin/pip install --quiet --upgrade pip"
-    '; .venv/bin/pip install --quiet --upgrade -e . "jax[tpu]" gcsfs'
+    '; .venv/bin/pip install --quiet --upgrade -e ".[tpu]" gcsfs'
     " -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
     "; .venv/bin/e5jax --help > /dev/null"
     '; echo "$(hostname): e5jax $(git rev-parse --short HEAD) ready,'
@@ -78,12 +78,43 @@ EXPECTED = {
     "delete.sh": "gcloud compute tpus tpu-vm delete e5-pod --zone us-central2-b --quiet",
 }
 
+# launch.sh first compiles the step for the slice, here (e5jax compile), then starts the job.
+CHECK = (f"{ROOT}/.venv/bin/e5jax compile --config {ROOT}/configs/e5_base_pretrain.py --topology v4-32"
+         " --set data.data_dir=gs://my-bucket/tfds")
+
 # ----------------------------------------------------------------- dry runs
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_dry_run_prints_exact_commands(name):
-    assert dry_run(name, *ARGS[name]) == [EXPECTED[name]]
+    assert dry_run(name, *ARGS[name]) == ([CHECK] if name == "launch.sh" else []) + [EXPECTED[name]]
+
+
+def test_launch_compile_check_can_be_skipped_and_needs_the_type():
+    args = [a for a in ARGS["launch.sh"] if a not in ("--type", "v4-32")]
+    assert dry_run("launch.sh", *args, "--skip-compile-check") == [EXPECTED["launch.sh"]]
+    proc = script("launch.sh", *args, "--dry-run")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == ("launch.sh: give --type (the slice's accelerator type, e.g. v4-32) for the compile "
+                           "check, or --skip-compile-check\n")
+
+
+def test_launch_stops_before_the_pod_when_the_compile_check_fails(tmp_path, fake_gcloud):
+    """A checkout whose e5jax compile refuses: the pod is never reached."""
+    env, marker, _ = fake_gcloud
+    shutil.copytree(SCRIPTS, tmp_path / "tpu_scripts")
+    e5jax = tmp_path / ".venv" / "bin" / "e5jax"
+    e5jax.parent.mkdir(parents=True)
+    e5jax.write_text("#!/bin/sh\necho \"e5jax compile: does not fit: $*\" >&2\nexit 1\n")
+    e5jax.chmod(0o755)
+    proc = script("launch.sh", *ARGS["launch.sh"], "--set", "train.batch_size=8", env=env,
+                  path=tmp_path / "tpu_scripts")
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"+ {e5jax} compile --config {tmp_path}/configs/e5_base_pretrain.py --topology v4-32")
+    assert lines[1].startswith("e5jax compile: does not fit: compile") and lines[1].endswith("train.batch_size=8")
+    assert lines[2] == "launch.sh: the compile check failed for v4-32 (see above); --skip-compile-check starts anyway"
+    assert not marker.exists()
 
 
 def test_dry_run_line_round_trips_through_a_shell(fake_gcloud):
@@ -91,7 +122,8 @@ def test_dry_run_line_round_trips_through_a_shell(fake_gcloud):
     (line,) = dry_run("create.sh", *ARGS["create.sh"])
     assert gcloud_argv(line, fake_gcloud) == shlex.split(EXPECTED["create.sh"])[1:]
     odd = "data.name=it's \"odd\" $HOME `x` ; & | *"
-    (line,) = dry_run("launch.sh", *ARGS["launch.sh"], "--set", odd)
+    check, line = dry_run("launch.sh", *ARGS["launch.sh"], "--set", odd)
+    assert shlex.split(check)[-2:] == ["--set", odd]
     remote = gcloud_argv(line, fake_gcloud)[-1]
     assert r""" --set 'data.name=it'\''s "odd" $HOME `x` ; & | *' >> """ in remote
 
@@ -102,9 +134,10 @@ def test_options_change_the_commands():
         " --command 'tail -n 20 -F \"$HOME/e5jax-train.log\"'"
     ]
     # --flag=value works like --flag value; --set repeats; --ref and --python reach the worker.
-    (line,) = dry_run("launch.sh", "--name=e5-pod", "--zone=us-central2-b", f"--preset={PRESET}",
-                      f"--workdir={WORKDIR}", f"--data-dir={DATA_DIR}", "--set", "train.steps=100",
-                      "--set=optim.learning_rate=1e-4")
+    check, line = dry_run("launch.sh", "--name=e5-pod", "--zone=us-central2-b", f"--preset={PRESET}",
+                          f"--workdir={WORKDIR}", f"--data-dir={DATA_DIR}", "--set", "train.steps=100",
+                          "--set=optim.learning_rate=1e-4", "--type=v5e-16")
+    assert check == CHECK.replace("v4-32", "v5e-16") + " --set train.steps=100 --set optim.learning_rate=1e-4"
     assert line.startswith(SSH)
     assert (" --set data.data_dir=gs://my-bucket/tfds --set train.steps=100 --set optim.learning_rate=1e-4 >>"
             in line)
@@ -157,7 +190,7 @@ def test_setup_defaults_to_the_checkouts_origin(tmp_path):
 
 def test_launch_warns_about_local_paths():
     proc = script("launch.sh", *WHERE, "--preset", PRESET, "--workdir", "/tmp/run", "--data-dir", DATA_DIR,
-                  "--dry-run")
+                  "--skip-compile-check", "--dry-run")
     assert proc.returncode == 0 and proc.stdout.startswith(SSH)
     assert "--workdir /tmp/run is not on gs://" in proc.stderr
     assert "data-dir" not in proc.stderr
@@ -167,6 +200,9 @@ def test_no_script_runs_gcloud_in_dry_run(fake_gcloud):
     env, marker, _ = fake_gcloud
     for name in ENTRY_POINTS:
         lines = dry_run(name, *ARGS[name], env=env)
+        if name == "launch.sh":
+            assert lines[0] == CHECK
+            lines = lines[1:]
         assert lines and all(line.startswith("gcloud compute tpus tpu-vm ") for line in lines)
     assert not marker.exists(), "a script ran gcloud during --dry-run"
     # Control: without --dry-run the same fake gcloud is found and leaves its marker.

@@ -195,7 +195,7 @@ def test_setup_works_on_a_worker(shell, tmp_path, fake_gcloud):
         "python3 -m pip install --user --quiet --upgrade uv",
         "python3 -m uv venv --quiet --allow-existing --seed --python 3.11 .venv",
         "pip install --quiet --upgrade pip",
-        "pip install --quiet --upgrade -e . jax[tpu] gcsfs"
+        "pip install --quiet --upgrade -e .[tpu] gcsfs"
         " -f https://storage.googleapis.com/jax-releases/libtpu_releases.html",
         "e5jax --help",
     ]
