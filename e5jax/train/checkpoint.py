@@ -8,6 +8,8 @@ complete, so a crash mid-save never damages the previous checkpoint.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -17,7 +19,22 @@ from e5jax.errors import E5Error
 from e5jax.paths import is_url
 
 
+def _bound_gcs_retries() -> None:
+    """tensorstore (orbax's array writer) retries a failing GCS request 32 times,
+    backing off up to 32 s: many silent minutes when a bucket has gone away.
+    E5JAX_GCS_RETRIES sets that count. orbax 0.12.8 builds every tensorstore
+    context from these module defaults and has no public setting for it."""
+    n = os.environ.get("E5JAX_GCS_RETRIES")
+    if not n:
+        return
+    from orbax.checkpoint._src.serialization import tensorstore_utils as tsu
+
+    for ctx in (tsu._BASE_TS_CONTEXT, tsu._DEFAULT_OCDBT_TS_CONTEXT):
+        ctx["gcs_request_retries"] = {"max_retries": int(n)}
+
+
 def manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
+    _bound_gcs_retries()
     # orbax wants absolute paths; local relative workdirs (the common case) are resolved.
     path = (epath.Path(workdir) if is_url(workdir) else epath.Path(workdir).resolve()) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
@@ -30,8 +47,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state: nnx.State, iterator=None
     items = {"state": ocp.args.StandardSave(nnx.to_pure_dict(state))}
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(iterator)
-    mngr.save(step, args=ocp.args.Composite(**items), force=True)
-    mngr.wait_until_finished()
+    try:
+        mngr.save(step, args=ocp.args.Composite(**items), force=True)
+        mngr.wait_until_finished()
+    except Exception as e:  # a store that fails mid-save: orbax never finalizes the step
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise E5Error(f"checkpoint {step} could not be written to {mngr.directory} ({first}); "
+                      "it is not finalized, so resume takes the one before it") from e
 
 
 def restore(mngr: ocp.CheckpointManager, abstract: nnx.State, shardings, *, step: int | None = None,

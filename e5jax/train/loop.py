@@ -224,7 +224,11 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                ckpt.save(mngr, step, state, train_it)
+                try:
+                    ckpt.save(mngr, step, state, train_it)
+                except E5Error as e:
+                    where = f"step {last_saved}" if last_saved else "none"
+                    raise E5Error(f"{e}; last good checkpoint: {where}") from e
                 last_saved = step
                 writer.sync()  # a remote workdir's metrics.jsonl catches up with each checkpoint
 
