@@ -35,9 +35,23 @@ def test_demo_end_to_end_small_slice(tmp_path, enwiki_dump, capsys):
     assert list(results) == ["BM25 (bm25s)", "initial all-MiniLM-L6-v2", "e5jax pre-trained"]
     for m in results.values():
         assert 0.0 < m["nDCG@10"] <= 1.0 and 0.0 < m["Recall@10"] <= 1.0
-    # the exit status is the command's own verdict on "trained beats initial"
+    # the exit status is the command's own verdict on "trained beats initial" (nDCG@10);
+    # on this small slice (89 held-out queries, 6 steps) it does not (6, 12 or 20 steps,
+    # batch 16 or 32 all end 0.01-0.02 below the initial model), so the verdict is checked
+    # for consistency here and the improvement is asserted on what training optimises:
     beats = results["e5jax pre-trained"]["nDCG@10"] > results["initial all-MiniLM-L6-v2"]["nDCG@10"]
     assert status == (0 if beats else 1)
+    # the held-out in-batch InfoNCE loss (pairs never trained on, the same batches) of
+    # the trained model is below the initial model's (0.358 against 0.375 when written).
+    from e5jax.config import replace
+    from e5jax.train.loop import train
+    from e5jax.train.state import workdir_config
+
+    initial = train(replace(workdir_config(str(work / "train")), **{"train.steps": 0}), str(tmp_path / "initial"),
+                    log=lambda s: None)
+    rows = [json.loads(x) for x in (work / "train" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if r["split"] == "heldout"][-1]
+    assert trained["step"] == 6 and trained["loss"] < initial["heldout_loss"] - 0.01, (trained, initial)
     assert "| model | nDCG@10 | Recall@10 |" in out and "SentenceTransformer(" in out
     assert (work / "training_curve.png").stat().st_size > 10_000
 
