@@ -123,6 +123,26 @@ def test_train_on_gs_equals_local_resumes_after_sigkill_and_exports(datasets, gc
     assert (tmp_path / "export-local" / "model.safetensors").read_bytes() == \
         (tmp_path / "export-remote" / "model.safetensors").read_bytes()
 
+    # Fine-tuning starts from the pre-training run on the bucket (model.init=gs://...):
+    # the same encoder weights as from the local run.
+    from flax import nnx
+
+    from e5jax.model import axes as ax
+    from e5jax.train.state import create_model, is_workdir
+
+    assert is_workdir(remote_run)
+    mesh = ax.make_mesh(cfg.mesh)
+    init = {}
+    for run in (local_run, remote_run):
+        ft = replace(cfg, **{"model.init": run, "model.arch": "", "model.tokenizer": ""})
+        model = create_model(ft, mesh)
+        init[run] = {"/".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    assert init[local_run].keys() == init[remote_run].keys() and init[local_run]
+    for k in init[local_run]:
+        np.testing.assert_array_equal(init[local_run][k], init[remote_run][k], err_msg=k)
+        if k in pa:
+            np.testing.assert_array_equal(init[remote_run][k], pa[k], err_msg=k)
+
 
 def test_missing_shard_in_the_bucket_is_named_not_read_as_empty(datasets, gcs_bucket, minilm_dir, tmp_path):
     import fsspec
