@@ -183,3 +183,24 @@ def test_a_bucket_whose_server_is_down_fails_in_one_line_within_bounds(command, 
     err = out.stderr.strip().splitlines()
     assert out.returncode != 0 and took < 30, (took, out.stderr[-2000:])
     assert len(err) == 1 and url in err[0] and "within 5 s" in err[0], out.stderr[-2000:]
+
+
+def test_beam_direct_runner_build_into_the_bucket_equals_the_local_build(datasets, gcs_bucket, tmp_path):
+    from e5jax.data.ccpairs.builder import load_source
+
+    local, _ = datasets
+    pairs = os.path.join(os.path.dirname(local), "pairs.jsonl")
+    remote = f"{gcs_bucket}/tfds-beam"
+    assert main(["build", "--pairs", pairs, "--data-dir", remote, "--name", NAME, "--heldout-fraction", "0.1",
+                 "--beam-runner", "DirectRunner"]) == 0
+    for split in ("train", "heldout"):
+        a, b = load_source(local, NAME, split), load_source(remote, NAME, split)
+        assert sorted(map(repr, (a[i] for i in range(len(a))))) == sorted(map(repr, (b[i] for i in range(len(b)))))
+
+
+def test_a_remote_beam_runner_cannot_write_a_gs_data_dir_and_says_so(capsys, tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"query": "q", "passage": "p"}) + "\n")
+    code = main(["build", "--pairs", str(tmp_path / "p.jsonl"), "--data-dir", "gs://e5jax-test/tfds", "--name", "x",
+                 "--beam-runner", "DataflowRunner"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "gs://e5jax-test/tfds" in err[0] and "gcsfuse" in err[0]
