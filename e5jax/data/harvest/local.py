@@ -92,14 +92,14 @@ def harvest(
     source = get_source(source_name)
     check_limit(limit)
     for p in inputs:
-        local(p, "harvest: --input", "the local harvest reads and sizes files on disk (pass --beam-runner for gs://)")
+        local(p, "harvest: --input", "the local harvest reads and sizes files on disk (use --beam for gs://)")
         if os.path.isdir(p):
             raise E5Error(f"harvest: --input {p} is a directory; pass the dump files inside it")
         if not os.path.isfile(p):
             raise E5Error(f"harvest: input file not found: {p}")
     if not inputs:
         raise E5Error("harvest: give at least one --input file")
-    out = local(output, "harvest: --output", "the local harvest writes and renames shard files (pass --beam-runner for gs://)")
+    out = local(output, "harvest: --output", "the local harvest writes and renames shard files (use --beam for gs://)")
     if out.exists() and not out.is_dir():
         raise E5Error(f"harvest: --output {out} is a file; give a folder for the pair shards and summary.json")
     if out.exists() and any(out.glob("pairs-*")):
