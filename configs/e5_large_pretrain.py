@@ -3,7 +3,7 @@
 Init: bert-large-uncased-whole-word-masking (local folder, e.g.
 `huggingface-cli download google-bert/bert-large-uncased-whole-word-masking --local-dir ckpt/bert-large-uncased-wwm`).
 
-Run (TPU v4-64, every worker; see tpu_scripts/launch.sh):
+Run (TPU v4-32, every worker; see tpu_scripts/launch.sh):
     e5jax train --config configs/e5_large_pretrain.py --workdir gs://BUCKET/e5-large-pt \
         --set data.data_dir=gs://BUCKET/tfds
 """

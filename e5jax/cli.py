@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"e5jax {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
+    if getattr(args, "argv", False) is None:  # a command that re-runs itself (compile's child process)
+        args.argv = argv[1:]
     try:
         return int(module.run(args) or 0)
     except (E5Error, OSError) as e:  # OSError: a path that is a folder, a file, missing, unwritable...

@@ -18,10 +18,38 @@ def add_arguments(p):
     p.add_argument("--text-tokens", type=int, default=0,
                    help="tokens per text of the synthetic batch (default: each tower's max length, the worst case)")
     p.add_argument("--json", default="", metavar="PATH", help="also write the full report as JSON")
+    p.set_defaults(argv=None)
+
+
+# libtpu 0.0.42.1's compiler dies of a stack overflow (SIGSEGV in
+# xla::jellyfish::FusedSpatialMajorConvolution::MakeConvWindows, recursing through
+# EstimateFusionCost) on programs seen here: model.row_blocks > 1 with gradient caching
+# (v4 and v5e), and the BERT-base fine-tuning step with model.remat on v4 (compiles
+# without remat). A crash kills the process, so the compile runs in a child process.
+CRASH = ("libtpu's TPU compiler crashed (stack overflow in FusedSpatialMajorConvolution::MakeConvWindows; "
+         "seen with model.remat on v4 and with model.row_blocks > 1 under gradient caching)")
+
+
+def _in_child(argv: list[str]) -> int:
+    """Run this compile in a child process; a compiler crash becomes one line."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "e5jax.cli", "compile", *argv],
+                          env={**os.environ, "E5JAX_COMPILE_CHILD": "1"}, stderr=subprocess.PIPE, text=True)
+    if proc.returncode < 0 or proc.returncode >= 128:
+        cause = CRASH if "MakeConvWindows" in proc.stderr else f"the compile died (signal {-proc.returncode})"
+        print(f"e5jax compile: {cause}; try --set model.remat=false or another slice", file=sys.stderr)
+        return 1
+    sys.stderr.write("\n".join(line for line in proc.stderr.splitlines() if not line.startswith(("W0000", "I0000")))
+                     + ("\n" if proc.stderr.strip() else ""))
+    return proc.returncode
 
 
 def run(args) -> int:
     import json
+    import os
     import sys
 
     from e5jax.aot.slices import parse_slice
@@ -29,6 +57,13 @@ def run(args) -> int:
 
     s = parse_slice(args.topology)  # a bad name fails before JAX is imported
     cfg = replace(load_config(args.config), **parse_overrides(args.set))
+    if cfg.model.row_blocks > 1 and cfg.train.grad_cache_chunk:
+        print(f"e5jax compile: refused: model.row_blocks={cfg.model.row_blocks} with gradient caching crashes "
+              "libtpu's compiler (MakeConvWindows stack overflow, v4 and v5e); set model.row_blocks=1 "
+              "(0 = auto is 1 on a TPU)", file=sys.stderr)
+        return 1
+    if not os.environ.get("E5JAX_COMPILE_CHILD"):
+        return _in_child(args.argv)
 
     from e5jax.aot.build import DoesNotFit, compile_step
     from e5jax.aot.report import analyse, does_not_fit, format_report

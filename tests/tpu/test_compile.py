@@ -156,3 +156,15 @@ def test_collectives_counts_loop_trips_and_bytes():
     assert ag["traffic_bytes"] == 3 * 64 * 16 * 2 * 3 / 4  # ring: (n-1)/n of the result
     assert (ar["ops"], ar["executions"], ar["bytes"], ar["traffic_bytes"]) == (1, 1, 64, 2 * 64 * 3 / 4)
     assert c["loops"] == [3]
+
+
+def test_the_known_compiler_crash_is_refused_in_one_line(capsys):
+    """row_blocks > 1 under gradient caching crashes libtpu 0.0.42.1 (stack overflow in
+    MakeConvWindows, v4 and v5e): refused before compiling."""
+    from e5jax import cli
+
+    rc = cli.main(["compile", "--config", "configs/tiny_pretrain.py", "--topology", "v5e-4",
+                   "--set", "model.row_blocks=2", "--set", "train.grad_cache_chunk=8"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1 and len(err) == 1
+    assert err[0].startswith("e5jax compile: refused: model.row_blocks=2 with gradient caching crashes")
