@@ -1,4 +1,4 @@
-"""`e5jax convert {msmarco,nq,nli}`: public fine-tuning data → fine-tuning JSONL.
+"""`e5jax convert {msmarco,nq,nli,synthetic}`: public fine-tuning data → fine-tuning JSONL.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
         msmarco-hard-negatives.jsonl.gz --output ft/msmarco.jsonl --num-negatives 7
     e5jax convert nq --input biencoder-nq-train.json --output ft/nq.jsonl
     e5jax convert nli --input snli_1.0_train.jsonl multinli_1.0_train.jsonl --output ft/nli.jsonl
+    e5jax convert synthetic --input e5_synthetic.jsonl --output ft/synthetic.jsonl --num-negatives 1
 
 MS MARCO inputs are recognised by their published names (a folder is
 searched for them): collection*.tsv, queries*.<split>.tsv, qrels*.<split>.tsv,
@@ -22,7 +23,7 @@ import re
 
 from etils import epath
 
-from e5jax.data.finetune import msmarco, nli, nq
+from e5jax.data.finetune import msmarco, nli, nq, synthetic
 from e5jax.data.finetune.records import Stats, write_records
 from e5jax.errors import E5Error
 from e5jax.paths import check_file
@@ -31,7 +32,7 @@ NEGATIVE_SOURCES = ("hard-negatives", "triples", "text-triples", "random")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("format", choices=("msmarco", "nq", "nli"), help="input dataset format")
+    parser.add_argument("format", choices=("msmarco", "nq", "nli", "synthetic"), help="input dataset format")
     parser.add_argument("--input", nargs="+", required=True, help="input file(s); for msmarco also a folder")
     parser.add_argument("--output", required=True, help="fine-tuning JSONL file to write")
     parser.add_argument("--num-negatives", type=int, default=7, help="negatives per record (-1 = keep all)")
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="msmarco: where negatives come from (auto = the best file given: hard-negatives > triples > "
         "text-triples > random passages)",
     )
+    parser.add_argument("--instruction", default=synthetic.DEFAULT_INSTRUCTION,
+                        help="synthetic: the task instruction for records that carry none")
 
 
 def _classify(paths: list[str], split: str) -> dict[str, epath.Path]:
@@ -123,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
             raise E5Error("nq takes one DPR JSON file as --input")
         records = nq.convert_nq(nq.load_dpr(args.input[0]), k, args.seed, stats, epath.Path(args.input[0]).name)
         what = "nq"
+    elif args.format == "synthetic":
+        records = synthetic.convert_synthetic(synthetic.read_synthetic(args.input, stats), k, args.seed, stats,
+                                              default_instruction=args.instruction)
+        what = "synthetic (E5-mistral)"
     else:
         records = nli.convert_nli(nli.read_nli(args.input, stats), k, args.seed, stats)
         what = "nli"
