@@ -102,7 +102,9 @@ class _Named(io.RawIOBase):
             # One decompressed chunk at a time: a buffered decompressor's own
             # `readinto` fills the whole buffer in a loop and, when the stream is
             # cut, drops what that loop had read along with the EOFError.
-            data = self._stream.read1(len(b))
+            # (A URL's file object, e.g. gcsfs's, has no read1: plain read.)
+            read = getattr(self._stream, "read1", self._stream.read)
+            data = read(len(b))
             b[: len(data)] = data
             return len(data)
         except EOFError as e:
@@ -138,8 +140,12 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
         stream = bz2.BZ2File(raw, "rb")
     elif name.endswith(".xz"):
         stream = lzma.LZMAFile(raw, "rb")
-    else:
+    elif isinstance(raw, io.BufferedIOBase):  # a local file: already buffered
         return raw
+    else:
+        # A URL's file object (gcsfs) is buffered but its readline takes no size
+        # limit, which the harvest readers need: buffer it here like the rest.
+        stream = raw
     return io.BufferedReader(_Named(stream, raw, name), buffer_size=CHUNK)
 
 

@@ -9,29 +9,41 @@ machine: GroupByKey instead of the SQLite join, a GroupByKey on the pair id
 instead of the digest set, and parallel reads and writes. Counts (kept,
 dropped by reason) are Beam metrics, turned into the same `summary.json`.
 
+Shards are written by `WriteShard` through etils.epath (gcsfs for gs://), not
+Beam's `WriteToText`: that one reaches gs:// through Beam's own GCS client,
+which needs the `apache-beam[gcp]` extra and finalises with batched copy
+requests, where this writes each shard once, whole, with the client every
+other gs:// path here uses (tests/gcs proves it against a server).
+
 Beam is imported only here: the local path never needs it.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import time
+import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+import zstandard
 from etils import epath
 
 from e5jax.data.harvest.cleaning import CleanConfig, clean_pair
 from e5jax.data.harvest.registry import get_source
 from e5jax.data.harvest.summary import Summary
 from e5jax.data.harvest.types import Drop, Pair, Record
-from e5jax.data.harvest.writer import dumps
+from e5jax.data.harvest.writer import dumps, shard_name
 
 _NS = "e5jax.harvest"
-_COMPRESSION = {None: CompressionTypes.UNCOMPRESSED, "gz": CompressionTypes.GZIP, "zst": CompressionTypes.ZSTD}
+# Output shards (a pair goes to the shard its id hashes to): enough for a
+# runner to write in parallel, few enough that a small harvest is not dust.
+SHARDS = 16
 
 
 def _count(name: str, n: int = 1) -> None:
@@ -98,6 +110,38 @@ def _first_of_duplicates(kv: tuple[str, list[dict]]) -> str:
     return recs[0]
 
 
+def _shard_of(pair_id: str, shards: int) -> int:
+    # crc32, not hash(): Python's str hash differs from one worker process to the next.
+    return zlib.crc32(pair_id.encode("utf-8")) % shards
+
+
+class WriteShard(beam.DoFn):
+    """Write one shard's lines (sorted: the output does not depend on the runner's
+    order) to `output/pairs-NNNNN.jsonl*`, under a temporary name renamed when
+    complete, so a `pairs-*` object is always whole."""
+
+    def __init__(self, output: str, compress: str | None):
+        self.output, self.compress = output, compress
+
+    def process(self, kv: tuple[int, list[str]]) -> Iterator[str]:
+        index, lines = kv
+        data = "".join(line + "\n" for line in sorted(lines)).encode("utf-8")
+        if self.compress == "gz":
+            buf = io.BytesIO()
+            with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as f:
+                f.write(data)
+            data = buf.getvalue()
+        elif self.compress == "zst":
+            data = zstandard.ZstdCompressor(level=3).compress(data)
+        out = epath.Path(self.output)
+        out.mkdir(parents=True, exist_ok=True)
+        final = out / shard_name(index, self.compress)
+        tmp = out / f".{final.name}.{uuid.uuid4().hex}.tmp"  # unique: a retried bundle writes its own
+        tmp.write_bytes(data)
+        tmp.rename(final)
+        yield final.name
+
+
 def build_pipeline(p: beam.Pipeline, source_name: str, inputs: Sequence[str], output: str,
                    cfg: CleanConfig, compress: str | None = None) -> None:
     """Add the harvest of `inputs` to pipeline `p`, writing `output/pairs-NNNNN.jsonl*`."""
@@ -117,16 +161,13 @@ def build_pipeline(p: beam.Pipeline, source_name: str, inputs: Sequence[str], ou
     else:
         # Files are read by one worker each; spread the per-record work.
         pairs = records | "Spread" >> beam.Reshuffle() | "ToPairs" >> beam.ParDo(ToPairs(source.name))
-    suffix = {None: ".jsonl", "gz": ".jsonl.gz", "zst": ".jsonl.zst"}[compress]
     (
         pairs
         | "Clean" >> beam.ParDo(Clean(source.name, cfg))
         | "Dedup" >> beam.GroupByKey()
-        | "OnePerId" >> beam.Map(_first_of_duplicates)
-        | "Write" >> beam.io.WriteToText(
-            # String join, not pathlib: pathlib would turn gs://b into gs:/b.
-            output.rstrip("/") + "/pairs", file_name_suffix=suffix, shard_name_template="-SSSSS",
-            compression_type=_COMPRESSION[compress])
+        | "OnePerId" >> beam.Map(lambda kv: (_shard_of(kv[0], SHARDS), _first_of_duplicates(kv)))
+        | "GroupShards" >> beam.GroupByKey()
+        | "Write" >> beam.ParDo(WriteShard(output, compress))
     )
 
 
@@ -153,9 +194,6 @@ def run_pipeline(source_name: str, inputs: Sequence[str], output: str, cfg: Clea
     summary.seconds = time.perf_counter() - start
     out = epath.Path(output)  # a local folder or gs:// (read through gcsfs)
     out.mkdir(parents=True, exist_ok=True)
-    if summary.kept == 0:  # WriteToText still writes (empty) shards: none should pass for a harvest
-        for f in out.glob("pairs-*"):
-            f.unlink()
     summary.shards = sorted(f.name for f in out.glob("pairs-*"))
     summary.write(out)
     return summary
