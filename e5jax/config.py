@@ -33,6 +33,11 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+FAMILIES = ("auto", "bert", "decoder")
+# HF model_type values of the decoder family (e5jax.model.decoder).
+DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     init: str = ""  # HF folder or e5jax export to start from; "" = random init from `arch`
@@ -40,7 +45,10 @@ class ModelConfig:
     # architecture, for `e5jax compile` on a machine without its weights
     arch: str = ""
     tokenizer: str = ""  # tokenizer folder; "" = the init folder
-    pooling: str = "mean"  # "mean" (E5) or "cls"
+    # "bert" (BERT family, bidirectional) or "decoder" (Llama / Mistral / Qwen2 / Qwen3, causal:
+    # e5jax.model.decoder); "auto" = from the config.json's model_type
+    family: str = "auto"
+    pooling: str = "mean"  # "mean" (E5), "cls", or "last" (decoders: the appended EOS's hidden state)
     normalize: bool = True  # L2-normalise embeddings (cosine similarity)
     dtype: str = "auto"  # compute dtype: "float32", "bfloat16", or "auto" = bf16 where native (params stay fp32)
     remat: bool = False  # rematerialise each layer in the backward pass (saves memory)
@@ -49,12 +57,24 @@ class ModelConfig:
     # a CPU, where XLA runs the blocks' ops side by side on its cores (many of its element-wise
     # ops use one core), 1 on accelerators (one stream of ops; bigger matmuls are better there).
     row_blocks: int = 0
+    # LoRA (decoders): rank 0 = full fine-tuning; > 0 = only the adapters train (the optimizer holds
+    # moments for them alone) and the base weights stay frozen. alpha / rank scales the update (PEFT's).
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    # Projections that get an adapter (HF names): the paper's attention + MLP.
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
     def __post_init__(self):
         if self.row_blocks < 0:
             raise E5Error(f"model.row_blocks must be >= 0 (0 = automatic), got {self.row_blocks}")
-        if self.pooling not in ("mean", "cls"):
-            raise E5Error(f"model.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.family not in FAMILIES:
+            raise E5Error(f"model.family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.pooling not in ("mean", "cls", "last"):
+            raise E5Error(f"model.pooling must be 'mean', 'cls' or 'last', got {self.pooling!r}")
+        if self.lora_rank < 0:
+            raise E5Error(f"model.lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
+        if self.lora_rank and not self.lora_targets:
+            raise E5Error("model.lora_targets is empty: name the projections to adapt, e.g. [\"q_proj\", \"v_proj\"]")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise E5Error(f"model.dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
 
