@@ -26,6 +26,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("embed", ("fsdp",)),  # hidden dim of weights: ZeRO-3 style sharding
     ("mlp", ("tensor",)),  # feed-forward inner dim: tensor parallel
     ("heads", ("tensor",)),  # attention heads: tensor parallel
+    ("kv_heads", ("tensor",)),  # key/value heads of grouped-query attention (decoders): tensor parallel
     ("kv", ()),  # per-head dim
     ("vocab", ("tensor",)),  # embedding table rows
     ("act_embed", ()),  # hidden dim of activations: replicated
