@@ -182,9 +182,9 @@ def eval_bm25(beir: pathlib.Path) -> dict[str, float]:
 def eval_model(model_dir: pathlib.Path, beir: pathlib.Path, cache: pathlib.Path, *, prefixes: bool,
                max_length: int) -> dict[str, float]:
     from e5jax.eval.beir import evaluate_dataset
-    from e5jax.model.encoder import Encoder
+    from e5jax.loading import load
 
-    enc = Encoder.from_pretrained(model_dir)
+    enc = load(model_dir)
     q, p = ("query: ", "passage: ") if prefixes else ("", "")
     res = evaluate_dataset(enc.encode, beir, model_name=enc.name, query_prefix=q, passage_prefix=p,
                            max_length=max_length, batch_size=64, cache_dir=cache)
@@ -296,10 +296,10 @@ def run_demo(workdir: str | pathlib.Path, *, steps: int = 60, batch_size: int = 
 
     banner("5. export (transformers + sentence-transformers folder)")
     from e5jax.export import export
-    from e5jax.train.state import load_trained
+    from e5jax.loading import load
 
-    model, tokenizer, _ = load_trained(str(train_dir))
-    export(model, tokenizer, export_dir, max_seq_length=max_length)
+    trained = load(train_dir)
+    export(trained.model, trained.tokenizer, export_dir, max_seq_length=max_length)
     print(f"exported to {export_dir}")
 
     banner("6. consistency-based filtering of the training pairs")

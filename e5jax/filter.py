@@ -200,20 +200,12 @@ def load_encoder(path: str | os.PathLike, devices=None):
     """An `Encoder` on this process's devices from an HF / export folder or a training workdir."""
     import jax
 
-    from e5jax.config import MeshConfig
-    from e5jax.model import axes as ax
-    from e5jax.model.encoder import Encoder
+    from e5jax.loading import load
 
     folder = local(path, "--model", "a model folder is read with local-file APIs (copy a gs:// workdir first)")
     if not folder.is_dir():
         raise E5Error(f"--model {path} is not a folder")
-    mesh = ax.make_mesh(MeshConfig(), list(devices or jax.local_devices()))
-    if any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").exists():
-        return Encoder.from_pretrained(folder, mesh=mesh)
-    from e5jax.train.state import load_trained  # a training workdir: its newest checkpoint
-
-    model, tokenizer, _ = load_trained(str(folder), mesh=mesh)
-    return Encoder(model, tokenizer, name=str(folder.resolve()), mesh=mesh)
+    return load(folder, devices=list(devices or jax.local_devices()))
 
 
 def _local_bank_mesh(devices):

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from e5jax.eval import beir
-    from e5jax.model.encoder import Encoder
+    from e5jax.loading import load
 
     if args.max_length < 2 or args.batch_size < 1 or args.top_k < 1:
         raise E5Error("--max-length must be >= 2, --batch-size and --top-k >= 1")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         beir.load_beir(folder, args.split)
     if not local(args.model, "--model", "a Hugging Face model folder is read with local-file APIs").is_dir():
         raise E5Error(f"--model {args.model} is not a folder")
-    encoder = Encoder.from_pretrained(args.model)
+    encoder = load(args.model)
     results = []
     for folder in args.beir:
         r = beir.evaluate_dataset(

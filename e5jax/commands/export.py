@@ -12,11 +12,11 @@ def add_arguments(p):
 
 def run(args) -> int:
     from e5jax.export import check_output, export
-    from e5jax.train.state import load_trained
+    from e5jax.loading import load
 
     check_output(args.output)  # before the (slow) restore
-    model, tokenizer, _ = load_trained(args.workdir, step=args.step)
-    out = export(model, tokenizer, args.output, max_seq_length=args.max_seq_length)
+    enc = load(args.workdir, step=args.step)
+    out = export(enc.model, enc.tokenizer, args.output, max_seq_length=args.max_seq_length)
     print(f"exported to {out}")
     print("load it with:\n" + load_snippet(out))
     return 0

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
         )
     encoder = None
     if args.model:
-        from e5jax.model.encoder import Encoder  # JAX only for dense mining
+        from e5jax.loading import load  # JAX only for dense mining
 
-        encoder = Encoder.from_pretrained(args.model)
+        encoder = load(args.model)
     records = mine.mine(
         queries, corpus, qrels,
         method="bm25" if args.bm25 else "dense",

@@ -1,0 +1,111 @@
+"""The Python side of `e5jax train`, `e5jax eval` and `e5jax export`, for notebooks.
+
+Reached as `e5jax.train`, `e5jax.evaluate` and `e5jax.export` (see
+`e5jax/__init__.py`); `e5jax.load` and `e5jax.Encoder` complete the set. The
+examples run in the tests (tests/test_api.py) from the repository root, with
+`data_dir` a TFDS folder holding the pair dataset `debian_pairs` (`e5jax
+build` made it), `tokenizer_dir` a Hugging Face tokenizer folder, `tmp` a
+scratch folder and `workdir` a training workdir.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Callable, Mapping, Sequence
+
+from e5jax.errors import E5Error
+
+
+def train(config, workdir: str | os.PathLike, *, overrides: Mapping[str, object] | None = None,
+          laptop: bool = False, log: Callable[[str], None] | None = print) -> dict:
+    """Train (or resume) like `e5jax train`; returns the final metrics.
+
+    `config`: a preset file (`configs/*.py`) or a `Config`. `overrides`: dotted
+    keys as with `--set` (typed values or strings). `laptop`: shrink the preset
+    to a smoke run, as `--laptop` does. `log`: where progress lines go (None: nowhere).
+
+    >>> import e5jax
+    >>> metrics = e5jax.train("configs/tiny_pretrain.py", f"{tmp}/run", log=None, overrides={
+    ...     "data.data_dir": data_dir, "data.name": "debian_pairs",
+    ...     "model.tokenizer": tokenizer_dir, "train.steps": 2})
+    >>> metrics["loss"] > 0, "heldout_loss" in metrics   # the last step's loss; the held-out split's
+    (True, True)
+    >>> e5jax.load(f"{tmp}/run").dim   # the trained encoder
+    64
+    """
+    from e5jax.config import Config, load_config, replace
+    from e5jax.config import laptop as shrink
+    from e5jax.train.loop import train as run
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    if laptop:
+        cfg = shrink(cfg)
+    cfg = replace(cfg, **dict(overrides or {}))
+    return run(cfg, str(workdir), log=log or (lambda line: None))
+
+
+def evaluate(model, beir: str | os.PathLike | Sequence[str | os.PathLike], *, split: str = "test",
+             query_prefix: str = "query: ", passage_prefix: str = "passage: ", max_length: int = 512,
+             batch_size: int = 64, top_k: int = 1000, cache_dir: str | os.PathLike | None = None) -> dict:
+    """BEIR-format retrieval evaluation, like `e5jax eval`; returns what its `--output` JSON holds.
+
+    `model`: an `Encoder`, or a folder `e5jax.load` takes (export or workdir).
+    `beir`: one BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)
+    or several. Metrics are fractions (nDCG@10 = 0.5, not 50).
+
+    >>> import e5jax
+    >>> r = e5jax.evaluate(workdir, "tests/eval/fixtures/debian_beir")
+    >>> r["datasets"]["debian_beir"]["n_docs"], r["datasets"]["debian_beir"]["n_queries"]
+    (160, 46)
+    >>> 0.0 <= r["average"]["nDCG@10"] <= 1.0
+    True
+    """
+    from e5jax.eval import beir as beir_eval
+    from e5jax.loading import load
+
+    folders = [beir] if isinstance(beir, (str, os.PathLike)) else list(beir)
+    if not folders:
+        raise E5Error("evaluate: give at least one BEIR-format folder")
+    for folder in folders:  # a bad dataset fails before the model is loaded
+        beir_eval.load_beir(folder, split)
+    encoder = load(model) if isinstance(model, (str, os.PathLike)) else model
+    results = [beir_eval.evaluate_dataset(
+        encoder.encode, folder, model_name=encoder.name, split=split, query_prefix=query_prefix,
+        passage_prefix=passage_prefix, max_length=max_length, batch_size=batch_size,
+        cache_dir=cache_dir, top_k=top_k) for folder in folders]
+    return {
+        "model": encoder.name,
+        "settings": {"split": split, "query_prefix": query_prefix, "passage_prefix": passage_prefix,
+                     "max_length": max_length, "batch_size": batch_size, "top_k": top_k},
+        "datasets": {r["name"]: {k: r[k] for k in ("n_docs", "n_queries", "metrics")} for r in results},
+        "average": beir_eval.average(results),
+        "per_query": {r["name"]: r["per_query"] for r in results},
+    }
+
+
+def export(model, out_dir: str | os.PathLike, *, step: int | None = None,
+           max_seq_length: int = 512) -> pathlib.Path:
+    """Write a folder `transformers` and `sentence-transformers` load as is, like `e5jax export`.
+
+    `model`: an `Encoder`, or a training workdir (`step`: which checkpoint,
+    default the newest). `out_dir` must be new, empty or an earlier export.
+
+    >>> import e5jax, numpy as np
+    >>> out = e5jax.export(workdir, f"{tmp}/export")
+    >>> sorted(p.name for p in out.glob("*.json"))[:3]
+    ['config.json', 'config_sentence_transformers.json', 'e5jax.json']
+    >>> a = e5jax.load(out).encode(["free office suite"], prefix="passage: ")
+    >>> b = e5jax.load(workdir).encode(["free office suite"], prefix="passage: ")
+    >>> bool(np.allclose(a, b, atol=1e-5))   # the export is the same model
+    True
+    """
+    from e5jax.export import check_output
+    from e5jax.export import export as write
+    from e5jax.loading import load
+
+    check_output(out_dir)  # before the (slow) restore
+    encoder = load(model, step=step) if isinstance(model, (str, os.PathLike)) else model
+    if step is not None and not isinstance(model, (str, os.PathLike)):
+        raise E5Error("export: step picks a checkpoint of a workdir; it does not apply to a loaded Encoder")
+    return write(encoder.model, encoder.tokenizer, out_dir, max_seq_length=max_seq_length)
