@@ -64,6 +64,7 @@ class ModelConfig:
     lora_alpha: float = 32.0
     # Projections that get an adapter (HF names): the paper's attention + MLP.
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_dropout: float = 0.0  # dropout on each adapter's input (PEFT's lora_dropout)
 
     def __post_init__(self):
         if self.row_blocks < 0:
@@ -74,6 +75,8 @@ class ModelConfig:
             raise E5Error(f"model.pooling must be 'mean', 'cls' or 'last', got {self.pooling!r}")
         if self.lora_rank < 0:
             raise E5Error(f"model.lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise E5Error(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lora_rank and not self.lora_targets:
             raise E5Error("model.lora_targets is empty: name the projections to adapt, e.g. [\"q_proj\", \"v_proj\"]")
         if self.dtype not in ("auto", "float32", "bfloat16"):

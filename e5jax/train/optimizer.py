@@ -1,5 +1,10 @@
 """AdamW with linear warm-up then linear decay; no weight decay on biases and
-LayerNorm parameters (BERT's recipe, which E5 follows)."""
+LayerNorm parameters (BERT's recipe, which E5 follows).
+
+What trains: every `nnx.Param`, or with LoRA (`model.lora_rank > 0`) only the
+adapters (`nnx.LoRAParam`, a subclass of `nnx.Param`): the optimizer then holds
+moments for the adapters alone and the step differentiates only them, so the
+frozen base costs neither gradient nor optimizer memory."""
 
 from __future__ import annotations
 
@@ -7,7 +12,12 @@ import jax
 import optax
 from flax import nnx
 
-from e5jax.config import OptimConfig
+from e5jax.config import ModelConfig, OptimConfig
+
+
+def trainable(cfg: ModelConfig):
+    """The nnx filter of the parameters a run updates (the optimizer's `wrt`, the step's gradient)."""
+    return nnx.LoRAParam if cfg.lora_rank > 0 else nnx.Param
 
 
 def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

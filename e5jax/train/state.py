@@ -1,4 +1,9 @@
-"""Build the (encoder, optimizer) state, already sharded, from a Config."""
+"""Build the (encoder, optimizer) state, already sharded, from a Config.
+
+Two model families (`model.family`, "auto" = the config.json's model_type):
+BERT (`encoder.TextEncoder`) and decoder LLMs (`decoder.DecoderTextEncoder`:
+Llama / Mistral / Qwen2 / Qwen3, optionally with LoRA adapters, in which case
+the optimizer holds the adapters alone: `optimizer.trainable`)."""
 
 from __future__ import annotations
 
@@ -11,13 +16,13 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from e5jax.config import Config
+from e5jax.config import DECODER_TYPES, Config
 from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model.bert import BertConfig
 from e5jax.model.encoder import TextEncoder, create_sharded, load_pretrained
 from e5jax.paths import is_url, local
-from e5jax.train.optimizer import make_optimizer
+from e5jax.train.optimizer import make_optimizer, trainable
 
 
 def scratch_config(cfg: Config) -> BertConfig:
@@ -77,10 +82,71 @@ def _with_dropout(bert: BertConfig, dropout: float) -> BertConfig:
     return dataclasses.replace(bert, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
 
 
-def bert_config(cfg: Config) -> BertConfig:
-    """The architecture a Config trains: from its init folder / workdir, or its scratch arch file."""
+def _config_json(cfg: Config) -> dict:
+    """The HF config.json of the model a Config trains (init folder, else its arch file)."""
+    if cfg.model.init:
+        path = pathlib.Path(_local(cfg.model.init, "model.init")) / "config.json"
+        key = "model.init"
+    else:
+        path = local(cfg.model.arch, "model.arch", "a model config file is read from local disk")
+        key = "model.arch"
+    if not path.is_file():
+        raise E5Error(f"{key}: config file not found: {path}" + ("" if cfg.model.init else
+                                                                 " (or set model.init to a model folder)"))
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise E5Error(f"{key}: {path} is not JSON ({e})") from e
+
+
+def model_family(cfg: Config) -> str:
+    """"bert" or "decoder": `model.family`, or from the config.json's model_type when "auto"."""
+    if cfg.model.family != "auto":
+        return cfg.model.family
+    if is_workdir(cfg.model.init):
+        return model_family(workdir_config(cfg.model.init))
+    if not cfg.model.init and not cfg.model.arch:
+        return "bert"  # nothing to read: scratch_config names the missing file
+    return "decoder" if _config_json(cfg).get("model_type") in DECODER_TYPES else "bert"
+
+
+def decoder_config(cfg: Config):
+    """The decoder architecture a Config trains (`model.dropout` >= 0 overrides its attention dropout)."""
+    from e5jax.model.decoder import DecoderConfig
+
+    if is_workdir(cfg.model.init):
+        dec = decoder_config(workdir_config(cfg.model.init))
+    else:
+        dec = DecoderConfig.from_hf(_config_json(cfg))
+    if cfg.model.dropout >= 0:
+        dec = dataclasses.replace(dec, attention_dropout=cfg.model.dropout)
+    return dec
+
+
+def _decoder_kwargs(cfg: Config) -> dict:
+    m = cfg.model
+    return dict(pooling=m.pooling, normalize=m.normalize, dtype=compute_dtype(cfg), remat=m.remat,
+                lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=tuple(m.lora_targets),
+                lora_dropout=m.lora_dropout)
+
+
+def _check_family(cfg: Config, family: str) -> None:
+    if family == "bert" and cfg.model.pooling == "last":
+        raise E5Error("model.pooling='last' is for decoders (the appended EOS); BERT models pool 'mean' or 'cls'")
+    if family == "bert" and cfg.model.lora_rank:
+        raise E5Error("model.lora_rank > 0: LoRA is implemented for decoders (model.family=decoder) only")
+    if family == "decoder" and cfg.model.pooling == "cls":
+        raise E5Error("model.pooling='cls' takes the first token, which a causal decoder computes from itself "
+                      "alone; decoders pool 'last' (the EOS) or 'mean'")
+
+
+def bert_config(cfg: Config):
+    """The architecture a Config trains: from its init folder / workdir, or its scratch arch file
+    (a `BertConfig`, or a `decoder.DecoderConfig` for the decoder family)."""
     from e5jax.model import hf
 
+    if model_family(cfg) == "decoder":
+        return decoder_config(cfg)
     if is_workdir(cfg.model.init):
         return _with_dropout(bert_config(workdir_config(cfg.model.init)), cfg.model.dropout)
     if cfg.model.init:
@@ -100,6 +166,10 @@ def workdir_config(workdir: str) -> Config:
 
 def create_model(cfg: Config, mesh: Mesh) -> TextEncoder:
     m = cfg.model
+    family = model_family(cfg)
+    _check_family(cfg, family)
+    if family == "decoder":
+        return _create_decoder(cfg, mesh)
     kwargs = dict(pooling=m.pooling, normalize=m.normalize, dtype=compute_dtype(cfg), remat=m.remat)
     if is_workdir(m.init):
         # Fine-tuning from a pre-training run: its newest checkpoint's encoder weights.
@@ -112,11 +182,26 @@ def create_model(cfg: Config, mesh: Mesh) -> TextEncoder:
     return create_sharded(scratch_config(cfg), mesh, cfg.mesh.rules, seed=cfg.train.seed, **kwargs)
 
 
+def _create_decoder(cfg: Config, mesh: Mesh):
+    from e5jax.model.decoder import create_decoder_sharded, load_decoder_pretrained
+
+    m = cfg.model
+    if is_workdir(m.init):
+        raise E5Error(f"model.init={m.init} is a training workdir: a decoder starts from a model folder; "
+                      "export the workdir (e5jax export, merged weights) and set model.init to the export")
+    if m.init:
+        return load_decoder_pretrained(_local(m.init, "model.init"), mesh=mesh, rules=cfg.mesh.rules,
+                                       dropout=m.dropout, seed=cfg.train.seed, **_decoder_kwargs(cfg))
+    return create_decoder_sharded(decoder_config(cfg), mesh, cfg.mesh.rules, seed=cfg.train.seed,
+                                  **_decoder_kwargs(cfg))
+
+
 def create_state(cfg: Config, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, state) of (model, optimizer); optimizer moments are born with
     their parameter's sharding (zeros_like of sharded arrays)."""
     model = create_model(cfg, mesh)
-    opt = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
+    # With LoRA the optimizer state holds the adapters' moments only.
+    opt = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=trainable(cfg.model))
     graphdef, state = nnx.split((model, opt))
     # Pin every leaf to the sharding the rules table gives (scalars replicated).
     shardings = state_shardings(state, cfg, mesh)
@@ -143,11 +228,18 @@ def abstract_state(cfg: Config, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State, ob
 
     bert = bert_config(cfg)
     dtype = compute_dtype(cfg)
+    family = model_family(cfg)
+    _check_family(cfg, family)
 
     def build():
-        m = TextEncoder(bert, pooling=cfg.model.pooling, normalize=cfg.model.normalize, dtype=dtype,
-                        remat=cfg.model.remat, with_pooler=True, rngs=nnx.Rngs(0))
-        opt = nnx.Optimizer(m, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
+        if family == "decoder":
+            from e5jax.model.decoder import DecoderTextEncoder
+
+            m = DecoderTextEncoder(bert, rngs=nnx.Rngs(0), **_decoder_kwargs(cfg))
+        else:
+            m = TextEncoder(bert, pooling=cfg.model.pooling, normalize=cfg.model.normalize, dtype=dtype,
+                            remat=cfg.model.remat, with_pooler=True, rngs=nnx.Rngs(0))
+        opt = nnx.Optimizer(m, make_optimizer(cfg.optim, cfg.train.steps), wrt=trainable(cfg.model))
         return m, opt
 
     abstract = nnx.eval_shape(build)

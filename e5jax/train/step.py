@@ -13,6 +13,9 @@ of (encoder, optimizer). Both variants compute the same gradient:
 Dropout keys are derived per example from (seed, step, tower, global row), so
 both variants — and any chunk size — see identical dropout masks.
 
+The model is a `TextEncoder` (BERT family) or a `decoder.DecoderTextEncoder`
+(same interface); with LoRA only the adapters are differentiated and updated.
+
 Towers arrive padded (`{tower}_input_ids` / `_attention_mask` [N, L]) or
 packed (`{tower}_input_ids` / `_segment_ids` / `_positions` [G, R, P] plus
 `_lengths` [N], see `e5jax.data.packing`), or packed together (`joint_*`
@@ -37,6 +40,7 @@ from e5jax.loss import e5_loss, student_list_scores
 from e5jax.model import axes as ax
 from e5jax.model.dropout import row_seeds
 from e5jax.model.encoder import TextEncoder
+from e5jax.train.optimizer import trainable
 
 Batch = Mapping[str, jax.Array]
 TOWERS = {"query": 0, "passage": 1, "negative": 2}
@@ -268,7 +272,7 @@ def cached_grads(model: TextEncoder, batch: Batch, step_key, cfg: Config, mesh: 
     (activations) kept from pass 1 to pass 2: the extra forward covers n - 1 of
     the n chunks, and one chunk costs what the plain step does. The price is
     that chunk's activations held while the loss is computed."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(model, trainable(cfg.model), ...)  # LoRA: the adapters only
     n = num_texts(batch, "query") // cfg.train.grad_cache_chunk
     chunkers = _chunkers(batch, n, resolve_row_blocks(cfg.model))
     names = [t for c in chunkers for t in c.towers]  # the order of the flat embedding tuples below
@@ -340,6 +344,9 @@ def make_train_step(cfg: Config, graphdef: nnx.GraphDef, mesh: Mesh | None):
     """The pure step function (not yet jitted: `loop.compile_step` does that, once)."""
     base_key = jax.random.key(cfg.train.seed)
     use_cache = cfg.train.grad_cache_chunk > 0
+    # The gradient is taken w.r.t. what trains only (optimizer.trainable): with LoRA the frozen
+    # base weights get no cotangent, so XLA computes no weight gradients for them.
+    wrt = nnx.DiffState(0, trainable(cfg.model))
 
     def train_step(state: nnx.State, batch: Batch):
         model, opt = nnx.merge(graphdef, state)
@@ -348,7 +355,7 @@ def make_train_step(cfg: Config, graphdef: nnx.GraphDef, mesh: Mesh | None):
             (loss, metrics), grads = cached_grads(model, batch, step_key, cfg, mesh)
         else:
             (loss, metrics), grads = nnx.value_and_grad(
-                lambda m: plain_loss(m, batch, step_key, cfg, mesh), has_aux=True)(model)
+                lambda m: plain_loss(m, batch, step_key, cfg, mesh), argnums=wrt, has_aux=True)(model)
         metrics = dict(metrics)
         with jax.named_scope("optimizer"):
             metrics["grad_norm"] = optax.tree.norm(grads)
