@@ -176,6 +176,8 @@ class DecoderConfig:
         n_layers, n_heads = d["num_hidden_layers"], d["num_attention_heads"]
         # Qwen3Config's head_dim defaults to 128, the others' to hidden_size // heads.
         head_dim = d.get("head_dim") or (128 if mt == "qwen3" else d["hidden_size"] // n_heads)
+        if mt == "qwen2":
+            head_dim = d["hidden_size"] // n_heads
         window = d.get("sliding_window", 4096)  # MistralConfig / Qwen2Config's default when absent
         max_window_layers = None
         if mt == "mistral":
@@ -225,6 +227,8 @@ class DecoderConfig:
             "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
             "tie_word_embeddings": self.tie_word_embeddings,
         }
+        if self.model_type == "qwen2":  # Qwen2Config has no head_dim: always hidden_size // heads
+            del out["head_dim"]
         if self.model_type == "llama":
             out["attention_bias"] = self.qkv_bias
             out["mlp_bias"] = self.mlp_bias
@@ -348,14 +352,12 @@ class Proj(nnx.Module):
                  lora: LoraSpec | None, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.kernel = nnx.Param(jax.random.normal(rngs.params(), (din, dout), jnp.float32) * std, axes=axes)
         self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32), axes=(axes[1],)) if bias else None
-        self.lora = None
-        self.lora_scale = 0.0
-        self.lora_dropout = 0.0
-        if lora is not None:
-            self.lora = nnx.LoRA(din, lora.rank, dout, dtype=dtype, rngs=rngs,
-                                 a_metadata={"axes": (axes[0], None)}, b_metadata={"axes": (None, axes[1])})
-            self.lora_scale = lora.scale
-            self.lora_dropout = lora.dropout
+        # One assignment each: nnx fixes an attribute's pytree status (data / static) at the first.
+        self.lora = None if lora is None else nnx.LoRA(
+            din, lora.rank, dout, dtype=dtype, rngs=rngs,
+            a_metadata={"axes": (axes[0], None)}, b_metadata={"axes": (None, axes[1])})
+        self.lora_scale = 0.0 if lora is None else lora.scale
+        self.lora_dropout = 0.0 if lora is None else lora.dropout
 
     def __call__(self, x: jax.Array, noise: TokenNoise | None = None, site: int = 0) -> jax.Array:
         y = jnp.dot(x, self.kernel[...]) if x.dtype == jnp.float32 else dense_dot(x, self.kernel[...])
