@@ -211,6 +211,9 @@ def model_sha256(path: str | os.PathLike, flag: str = "--model") -> str:
     if not folder.is_dir():
         raise E5Error(f"{flag} {path} is not a folder")
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not weights:
+        raise E5Error(f"{flag} {path} holds no *.safetensors / *.bin weights; give a model folder "
+                      "(`e5jax export` writes one from a training workdir)")
     h = hashlib.sha256()
     for p in weights + [folder / n for n in MODEL_FILES]:
         if p.is_file():
@@ -411,11 +414,12 @@ def read_manifest(path: str | os.PathLike, flag: str) -> tuple[pathlib.Path, dic
     return folder, manifest
 
 
-def load_embedded(path: str | os.PathLike, *, flag: str, model: str | os.PathLike | None = None,
-                  prefix: str | None = None, prefix_flag: str = "--passage-prefix",
-                  max_length: int | None = None) -> Embedded:
-    """An embedded corpus, checked against the model / prefix / max length the caller
-    encodes its queries with (one line naming the flag when they differ)."""
+def check_embedded(path: str | os.PathLike, *, flag: str, model: str | os.PathLike | None = None,
+                   prefix: str | None = None, prefix_flag: str = "--passage-prefix",
+                   max_length: int | None = None) -> tuple[pathlib.Path, dict]:
+    """(folder, manifest) of a finished embedded corpus, checked against the model /
+    prefix / max length the caller encodes its queries with: one line naming the
+    flag when they differ (None = not checked). Reads only the manifest (and the model)."""
     folder, m = read_manifest(path, flag)
     if model is not None and model_sha256(model) != m["model_sha256"]:
         raise E5Error(f"{flag} {path} was embedded with another model ({m['model']}) than --model {model}; "
@@ -426,6 +430,12 @@ def load_embedded(path: str | os.PathLike, *, flag: str, model: str | os.PathLik
     if max_length is not None and max_length != m["max_length"]:
         raise E5Error(f"{flag} {path} was embedded with max length {m['max_length']}, not --max-length "
                       f"{max_length}; pass --max-length {m['max_length']} or embed again")
+    return folder, m
+
+
+def load_embedded(path: str | os.PathLike, *, flag: str, **check) -> Embedded:
+    """An embedded corpus (all shards, in input order), `check_embedded(**check)` first."""
+    folder, m = check_embedded(path, flag=flag, **check)
     ids, embs, bad = [], [], []
     for s in m["shards"]:
         meta = json.loads((folder / s["json"]).read_text(encoding="utf-8"))

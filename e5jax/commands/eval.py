@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
     parser.add_argument("--top-k", type=int, default=1000, help="documents retrieved per query (default 1000)")
     parser.add_argument("--cache-dir", default=None, help="cache encoded corpora here (second runs are fast)")
+    parser.add_argument("--corpus-embeddings", action="append", metavar="DIR", default=None,
+                        help="an `e5jax embed --output-dir` folder of a --beir's corpus.jsonl, used instead of "
+                             "encoding it; one per --beir, in the same order")
     parser.add_argument("--output", required=True, help="write the results to this JSON file")
 
 
@@ -43,17 +46,29 @@ def run(args: argparse.Namespace) -> int:
         beir.load_beir(folder, args.split)
     if not local(args.model, "--model", "a Hugging Face model folder is read with local-file APIs").is_dir():
         raise E5Error(f"--model {args.model} is not a folder")
+    embedded = args.corpus_embeddings or [None] * len(args.beir)
+    if len(embedded) != len(args.beir):
+        raise E5Error(f"give one --corpus-embeddings per --beir ({len(args.beir)}), in the same order; "
+                      f"got {len(embedded)}")
+    for folder in filter(None, embedded):  # made with this model, prefix, length: checked before loading it
+        from e5jax.embed import check_embedded
+
+        check_embedded(folder, flag="--corpus-embeddings", model=args.model, prefix=args.passage_prefix,
+                       max_length=args.max_length)
     encoder = load(args.model)
     results = []
-    for folder in args.beir:
+    for folder, emb_dir in zip(args.beir, embedded):
         r = beir.evaluate_dataset(
             encoder.encode, folder, model_name=encoder.name, split=args.split,
             query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
             max_length=args.max_length, batch_size=args.batch_size,
-            cache_dir=args.cache_dir, top_k=args.top_k,
+            cache_dir=args.cache_dir, top_k=args.top_k, corpus_embeddings=emb_dir,
         )
-        print(f"{r['name']}: {r['n_queries']} queries, {r['n_docs']} docs"
-              f"{' (corpus embeddings from cache)' if r['cached'] else ''}", flush=True)
+        src = f" (corpus embeddings from {emb_dir})" if emb_dir else " (corpus embeddings from cache)" if r["cached"] else ""
+        left_out = r["docs_without_embedding"]
+        print(f"{r['name']}: {r['n_queries']} queries, {r['n_docs']} docs{src}"
+              + (f"; {left_out} documents left out: bad lines when embedded (see its manifest.json)"
+                 if left_out else ""), flush=True)
         results.append(r)
     avg = beir.average(results)
     print(beir.format_table(results, avg))

@@ -180,9 +180,13 @@ def evaluate_dataset(
     cache_dir: str | os.PathLike | None = None,
     top_k: int = TOP_K,
     mesh=None,
+    corpus_embeddings: str | os.PathLike | None = None,
 ) -> dict:
     """Encode, retrieve top-k and score one dataset.
 
+    `corpus_embeddings`: an `e5jax embed --output-dir` folder of this corpus,
+    used instead of encoding it (its prefix and max length are checked here;
+    the caller checks its model, `e5jax.embed.load_embedded(model=...)`).
     Returns {"name", "n_docs", "n_queries", "cached", "metrics": {name: mean}}
     with the per-query values under "per_query".
     """
@@ -193,10 +197,24 @@ def evaluate_dataset(
         raise E5Error(f"{folder}/corpus.jsonl is empty")
     check_cache_dir(cache_dir)
     corpus_path = local(folder, "--beir") / "corpus.jsonl"
-    docs, cached = encode_corpus(
-        encode, data, corpus_path, model_name=model_name, prefix=passage_prefix,
-        max_length=max_length, batch_size=batch_size, cache_dir=cache_dir,
-    )
+    dropped = 0
+    if corpus_embeddings is not None:
+        from e5jax import embed
+
+        flag = "--corpus-embeddings"
+        emb = embed.load_embedded(corpus_embeddings, flag=flag, prefix=passage_prefix, max_length=max_length)
+        docs, kept = embed.align(emb, data.doc_ids, flag=flag, path=corpus_embeddings)
+        # Documents `e5jax embed` listed as bad lines (e.g. empty) have no row: left out, and counted.
+        dropped = len(data.doc_ids) - len(kept)
+        if dropped:
+            data = dataclasses.replace(data, doc_ids=[data.doc_ids[i] for i in kept],
+                                       doc_texts=[data.doc_texts[i] for i in kept])
+        cached = False
+    else:
+        docs, cached = encode_corpus(
+            encode, data, corpus_path, model_name=model_name, prefix=passage_prefix,
+            max_length=max_length, batch_size=batch_size, cache_dir=cache_dir,
+        )
     queries = encode(data.query_texts, query_prefix, max_length=max_length, batch_size=batch_size)
     scores, ids = retrieval.search(queries, docs, min(top_k, len(data.doc_ids)), mesh=mesh)
     run = metrics.run_from_topk(data.query_ids, data.doc_ids, scores, ids)
@@ -206,6 +224,7 @@ def evaluate_dataset(
         "n_docs": len(data.doc_ids),
         "n_queries": len(per_q),
         "cached": cached,
+        "docs_without_embedding": dropped,
         "metrics": metrics.mean_metrics(per_q),
         "per_query": per_q,
     }

@@ -1,0 +1,178 @@
+"""`e5jax embed --output-dir` at corpus scale (issue 22): a run killed between
+shards and restarted writes byte-equal files to an uninterrupted run; two real
+JAX processes write the same embeddings as one; bad input lines are counted,
+listed and reported; `e5jax eval --corpus-embeddings` scores as encoding the
+corpus does. A tiny random BERT (hidden 64, 2 layers, max 64 tokens) keeps it fast."""
+
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from e5jax.cli import main
+from tests.cpu_env import cpu_env
+
+FIXTURE = pathlib.Path(__file__).parent / "eval" / "fixtures" / "debian_beir"
+ARGS = ["--max-length", "64", "--batch-size", "8", "--prefix", "passage: "]
+# Lines 3, 8, 13, 19, 25 of the test corpus are bad, each in its own way.
+BAD = {3: "invalid JSON", 8: "missing text field 'text'", 13: "empty text", 19: "empty line",
+       25: "not a JSON object"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, minilm_dir):
+    """A random 2-layer BERT exported as an HF folder, with MiniLM's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from e5jax.export import export
+    from e5jax.model import axes as ax
+    from e5jax.model.bert import BertConfig
+    from e5jax.model.encoder import create_sharded
+
+    cfg = BertConfig.from_hf(json.loads(pathlib.Path("configs/tiny_bert.json").read_text()))
+    model = create_sharded(cfg, ax.make_mesh(devices=__import__("jax").devices()[:1]), seed=3)
+    return export(model, AutoTokenizer.from_pretrained(str(minilm_dir)), tmp_path_factory.mktemp("tiny") / "m",
+                  max_seq_length=64)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> pathlib.Path:
+    """A BEIR corpus.jsonl: 35 real documents of the eval fixture with 5 bad lines among them."""
+    docs = (FIXTURE / "corpus.jsonl").read_text().splitlines()[:35]
+    lines, it = [], iter(docs)
+    for n in range(1, 41):
+        bad = {3: '{"_id": "broken", "text": "no closing brace"', 8: '{"_id": "notext", "title": "t"}',
+               13: '{"_id": "blank", "title": "", "text": "  "}', 19: "", 25: '["a", "list"]'}
+        lines.append(bad[n] if n in bad else next(it))
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def files(folder: pathlib.Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, corpus, tmp_path_factory):
+    """One uninterrupted in-process run (8 devices), shards of 8 lines: 5 shards."""
+    out = tmp_path_factory.mktemp("ref") / "emb"
+    assert main(["embed", "--model", str(tiny_model), "--input", str(corpus), "--output-dir", str(out),
+                 "--shard-size", "8"] + ARGS) == 0
+    return out
+
+
+def _embed_cmd(model, corpus, out, *extra):
+    return [sys.executable, "-m", "e5jax.cli", "embed", "--model", str(model), "--input", str(corpus),
+            "--output-dir", str(out), "--shard-size", "8", *ARGS, *extra]
+
+
+def test_killed_and_restarted_equals_uninterrupted(tiny_model, corpus, reference, tmp_path, capsys):
+    out = tmp_path / "emb"
+    # SIGKILL right after shard 1's .npy is in place, before its .json: shard 0 is
+    # finished, shard 1 half made (the worst moment: a matrix without its ids).
+    proc = subprocess.run(_embed_cmd(tiny_model, corpus, out), env=cpu_env(8, E5JAX_EMBED_KILL_AFTER="1:npy"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    left = set(files(out))
+    assert {"plan.json", "shard-00000.npy", "shard-00000.json", "shard-00001.npy"} == left, left
+    first = (out / "shard-00000.npy").stat()
+
+    argv = ["embed", "--model", str(tiny_model), "--input", str(corpus), "--output-dir", str(out),
+            "--shard-size", "8"]
+    # a resume with other settings is refused in one line naming the flag; nothing is touched
+    for extra, flag in ((["--max-length", "64", "--batch-size", "8", "--prefix", "query: "], "--prefix"),
+                        (ARGS[:2] + ["--batch-size", "4"] + ARGS[4:], "--batch-size")):
+        capsys.readouterr()
+        assert main(argv + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0] and "--output-dir" in err[0], err
+    assert set(files(out)) == left
+
+    assert main(argv + ARGS) == 0
+    got, want = files(out), files(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name] == want[name], name  # byte-equal: arrays, ids, bad lines, manifest
+    again = (out / "shard-00000.npy").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # finished shard skipped
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tiny_model, corpus, reference, tmp_path):
+    out, port = tmp_path / "emb", _free_port()
+    procs = [subprocess.Popen(_embed_cmd(tiny_model, corpus, out, "--coordinator", f"127.0.0.1:{port}",
+                                         "--num-processes", "2", "--process-id", str(pid)),
+                              env=cpu_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert "wrote 35 x 64" in outs[0] and "wrote" not in outs[1]  # process 0 writes the manifest
+    got, want = files(out), files(reference)
+    assert got.keys() == want.keys()
+    for name in want:  # shards 0, 2, 4 from process 0 and 1, 3 from process 1
+        if name.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(out / name), np.load(reference / name), err_msg=name)
+        else:
+            assert got[name] == want[name], name
+
+
+def test_bad_lines_counted_listed_and_reported(reference, corpus, tiny_model, tmp_path, capsys):
+    from e5jax import embed
+
+    man = json.loads((reference / "manifest.json").read_text())
+    assert man["input_lines"] == 40 and man["rows"] == 35 and man["bad_lines"] == 5
+    assert sum(s["rows"] + s["bad_lines"] for s in man["shards"]) == 40
+    assert {line: why for line, _, why in man["bad_examples"]} == {
+        line: (why if why != "invalid JSON" else man["bad_examples"][0][2]) for line, why in BAD.items()}
+    assert man["bad_examples"][0][2].startswith("invalid JSON (")
+    assert [rid for _, rid, _ in man["bad_examples"]] == [None, "notext", "blank", None, None]
+    got = embed.load_embedded(reference, flag="--corpus-embeddings")
+    docs = [json.loads(x)["_id"] for x in (FIXTURE / "corpus.jsonl").read_text().splitlines()[:35]]
+    assert got.ids == docs and got.emb.shape == (35, 64) and len(got.bad) == 5
+    norms = np.linalg.norm(got.emb, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)  # every row a real embedding, no zero rows
+
+    # the log says it too: the count and the first line numbers, on stderr
+    out = tmp_path / "emb"
+    assert main(["embed", "--model", str(tiny_model), "--input", str(corpus), "--output-dir", str(out),
+                 "--shard-size", "40"] + ARGS) == 0
+    cap = capsys.readouterr()
+    assert "5 bad input lines skipped" in cap.err and "line 3:" in cap.err and "line 25:" in cap.err
+    assert "(id notext): missing text field" in cap.err
+    assert "wrote 35 x 64 float32 embeddings of 40 input lines (5 bad)" in cap.out
+
+
+def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsys, minilm_dir):
+    emb = tmp_path / "emb"
+    assert main(["embed", "--model", str(tiny_model), "--input", str(FIXTURE / "corpus.jsonl"),
+                 "--output-dir", str(emb), "--shard-size", "64"] + ARGS) == 0
+    def argv(out, model=tiny_model, max_length="64", *extra):
+        return ["eval", "--model", str(model), "--beir", str(FIXTURE), "--max-length", max_length,
+                "--batch-size", "8", "--top-k", "100", "--output", str(tmp_path / out), *extra]
+
+    assert main(argv("a.json")) == 0
+    assert main(argv("b.json", tiny_model, "64", "--corpus-embeddings", str(emb))) == 0
+    assert "corpus embeddings from" in capsys.readouterr().out
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["datasets"] == b["datasets"] and a["per_query"] == b["per_query"]
+    assert 0 < a["average"]["nDCG@10"] < 1
+
+    # embedded with another model, prefix or length: refused in one line naming the flag
+    for bad, flag in ((argv("c.json", minilm_dir), "--model"),
+                      (argv("c.json", tiny_model, "64", "--passage-prefix", ""), "--passage-prefix"),
+                      (argv("c.json", tiny_model, "32"), "--max-length")):
+        capsys.readouterr()
+        assert main(bad + ["--corpus-embeddings", str(emb)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0] and "--corpus-embeddings" in err[0], err
+    assert not (tmp_path / "c.json").exists()
