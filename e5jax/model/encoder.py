@@ -4,6 +4,7 @@ user-facing `Encoder.from_pretrained(path).encode(texts, prefix=...)`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -16,7 +17,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from e5jax.config import DEFAULT_RULES, MeshConfig
-from e5jax.data.padding import bucket_lengths, pad_to_bucket
+from e5jax.data.packing import pack
+from e5jax.data.padding import bucket_for, bucket_lengths, pad_to_bucket
 from e5jax.errors import E5Error
 from e5jax.model import axes as ax
 from e5jax.model import hf
@@ -252,7 +254,12 @@ class Encoder:
         def forward(state, ids, mask):
             return nnx.merge(graphdef, state)(ids, mask)
 
+        @functools.partial(jax.jit, static_argnums=4)
+        def forward_packed(state, ids, seg, pos, texts_per_group):
+            return nnx.merge(graphdef, state).encode_packed(ids, seg, pos, texts_per_group)
+
         self._forward = forward
+        self._forward_packed = forward_packed
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: str | None = None, mesh: Mesh | None = None,
@@ -273,16 +280,28 @@ class Encoder:
     def dim(self) -> int:
         return self.model.bert.cfg.hidden_size
 
+    @property
+    def _data_shards(self) -> int:
+        return 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+        # One call over the whole list: the fast (Rust) tokenizer batches it; only
+        # the ids are asked for, so no masks or type ids are built and thrown away.
+        enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True,
+                             return_attention_mask=False, return_token_type_ids=False)
         return enc["input_ids"]
 
     def encode(self, texts: Sequence[str], prefix: str = "", *, max_length: int | None = None,
-               batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
+               batch_size: int = 64, show_progress: bool | None = None, packed: bool = True) -> np.ndarray:
         """float32 [len(texts), dim] in input order.
 
-        Texts are sorted by length and padded to a few bucket lengths, and every
-        batch has `batch_size` rows, so a long run compiles a handful of shapes.
+        `packed` (default): texts are packed into rows of up to `max_length`
+        tokens as training packs them (`e5jax.data.packing`: first-fit, attention
+        block-diagonal, pooling per text), so padding is not computed; a call
+        holds about `batch_size` rows' worth of tokens. `packed=False`: one text
+        per row, `batch_size` rows padded to a few bucket lengths (the plain
+        reference the packed path is tested against). Both sort texts by length
+        and compile a handful of shapes over a long run.
         """
         if batch_size < 1:
             raise E5Error(f"batch_size must be >= 1, got {batch_size}")
@@ -294,30 +313,92 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         max_length = min(self.max_length if max_length is None else max_length, self.model.bert.cfg.max_length)
         ids = self.tokenize(texts, max_length)
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        buckets = encode_lengths(max_length)
-        pad_id = self.tokenizer.pad_token_id or 0
-        data_shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        batch_size = -(-batch_size // data_shards) * data_shards
+        batches = (self._packed_calls if packed else self._padded_calls)(ids, max_length, batch_size)
         out = np.zeros((n, self.dim), np.float32)
         show = n > 10 * batch_size if show_progress is None else show_progress
         from tqdm.auto import tqdm
 
-        pending = []  # (rows, device result): fetch late so the host prepares the next batch meanwhile
+        pending = []  # (text indices, device result): fetch late so the host prepares the next call meanwhile
 
         def fetch_one():
-            rows, emb = pending.pop(0)
-            out[rows] = np.asarray(emb)[: len(rows)]
+            rows, emb, where = pending.pop(0)
+            emb = np.asarray(emb).reshape(-1, self.dim)
+            out[rows] = emb[: len(rows)] if where is None else emb[where]
 
-        for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not show):
+        with tqdm(total=n, desc="encode", unit="text", disable=not show) as bar:
+            for idx, result, where in batches:
+                pending.append((idx, result, where))
+                if len(pending) > 1:
+                    fetch_one()
+                bar.update(len(idx))
+            while pending:
+                fetch_one()
+        return out
+
+    def _put(self, *arrays):
+        """Host arrays onto the mesh, split along the first (batch) axis."""
+        if self.mesh is None:
+            return arrays
+        sh = NamedSharding(self.mesh, jax.sharding.PartitionSpec(ax.BATCH_AXES))
+        return tuple(jax.device_put(a, sh) for a in arrays)
+
+    def _padded_calls(self, ids: list[list[int]], max_length: int, batch_size: int):
+        """(text indices, [batch, dim] embeddings) per call: one text per row."""
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        buckets = encode_lengths(max_length)
+        pad_id = self.tokenizer.pad_token_id or 0
+        shards = self._data_shards
+        batch_size = -(-batch_size // shards) * shards
+        for start in range(0, len(ids), batch_size):
             idx = order[start:start + batch_size]
             batch, mask = pad_to_bucket([ids[i] for i in idx], buckets, pad_id, num_rows=batch_size)
-            if self.mesh is not None:
-                sh = NamedSharding(self.mesh, jax.sharding.PartitionSpec(ax.BATCH_AXES))
-                batch, mask = jax.device_put(batch, sh), jax.device_put(mask, sh)
-            pending.append((idx, self._forward(self._state, batch, mask)))
-            if len(pending) > 1:
-                fetch_one()
-        while pending:
-            fetch_one()
-        return out
+            yield idx, self._forward(self._state, *self._put(batch, mask)), None
+
+    def _packed_calls(self, ids: list[list[int]], max_length: int, batch_size: int):
+        """(text indices, [G, b, dim] embeddings, where each text's is) per call, texts packed.
+
+        A call is [G, R, P]: G groups (one per device along the batch axes),
+        each of R rows of P tokens and b text slots, packed by
+        `e5jax.data.packing.pack`. P is the bucket that holds the longest text;
+        R = batch_size * max_length / (G * P), so a call holds the tokens of
+        `batch_size` rows of `max_length`; b = R * P / 16 (texts of 16 tokens or
+        more can fill the rows). Texts go longest first into the first row of
+        the group with room: first-fit decreasing, the very plan `pack` makes,
+        so the rows counted here are the rows it fills. A group ends when its
+        rows or slots are full. Every call but the last has one shape; the last
+        rounds its rows up to a power of two (one short text costs one row).
+        """
+        G = self._data_shards
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        P = bucket_for(len(ids[order[0]]), encode_lengths(max_length))
+        rows = max(1, -(-batch_size * max_length // (G * P)))
+        slots = max(1, rows * P // 16)
+        pad_id = self.tokenizer.pad_token_id or 0
+        at = 0
+        while at < len(order):
+            groups: list[list[int]] = []  # text indices per group
+            used = 1  # most rows any group fills
+            while at < len(order) and len(groups) < G:
+                room: list[int] = []  # free tokens in each row of this group
+                members: list[int] = []
+                while at < len(order) and len(members) < slots:
+                    need = len(ids[order[at]])
+                    r = next((r for r, free in enumerate(room) if free >= need), None)
+                    if r is None:
+                        if len(room) == rows:
+                            break
+                        room.append(P)
+                        r = len(room) - 1
+                    room[r] -= need
+                    members.append(int(order[at]))
+                    at += 1
+                groups.append(members)
+                used = max(used, len(room))
+            groups += [[] for _ in range(G - len(groups))]  # the last call may leave groups empty
+            r_call = rows if at < len(order) else min(rows, 1 << (used - 1).bit_length())
+            texts = [t for g in groups for t in [ids[i] for i in g] + [[]] * (slots - len(g))]
+            packed = pack(texts, groups=G, pack_len=P, pad_id=pad_id, row_step=r_call)
+            arrays = self._put(packed["input_ids"], packed["segment_ids"], packed["positions"])
+            emb = self._forward_packed(self._state, *arrays, slots)  # [G, slots, dim]
+            where = np.asarray([g * slots + k for g, members in enumerate(groups) for k in range(len(members))])
+            yield np.asarray([i for g in groups for i in g], np.int64), emb, where
