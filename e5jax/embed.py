@@ -80,16 +80,37 @@ PLAN_FLAGS = {
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    path: pathlib.Path
-    fmt: str  # "beir" | "jsonl" | "text"
-    text_field: str | None  # jsonl only
+    path: pathlib.Path | str  # pairs: the TFDS data dir (may be gs://)
+    fmt: str  # "beir" | "jsonl" | "text" | "pairs"
+    text_field: str | None  # jsonl: --text-field; pairs: "passage" or "query"
     id_field: str | None  # beir: "_id"; jsonl: --id-field or None (= line numbers)
+    name: str | None = None  # pairs: the dataset
+    split: str | None = None  # pairs: its split
+
+    def describe(self) -> str:
+        if self.fmt == "pairs":
+            return f"{self.path}/{self.name}[{self.split}]"
+        return str(pathlib.Path(self.path).resolve())
 
 
 def input_spec(path: str | os.PathLike, fmt: str = "auto", text_field: str | None = None,
-               id_field: str | None = None) -> InputSpec:
+               id_field: str | None = None, name: str | None = None, split: str = "train") -> InputSpec:
     """The input and how to read it; `auto`: a file named corpus.jsonl is BEIR, a
-    .jsonl / .ndjson file or one whose first line starts with '{' is JSONL, else text."""
+    .jsonl / .ndjson file or one whose first line starts with '{' is JSONL, else text.
+    `pairs`: the `split` of the pair dataset `name` in the TFDS data dir `path`
+    (what `e5jax build` writes), ids = record index (0-based, what the filter uses)."""
+    if fmt == "pairs":
+        from e5jax.data.ccpairs.builder import dataset_dir
+
+        if not name:
+            raise E5Error("--input-format pairs needs --name (the pair dataset in the --input data dir)")
+        if id_field is not None or text_field not in (None, "passage", "query"):
+            raise E5Error("--input-format pairs embeds --text-field passage (default) or query; ids are the "
+                          "record indices (no --id-field)")
+        dataset_dir(path, name)  # a missing dataset fails here, naming what to build
+        return InputSpec(str(path), "pairs", text_field or "passage", None, name, split)
+    if name is not None:
+        raise E5Error("--name applies to --input-format pairs")
     p = local(path, "--input")
     if not p.is_file():
         raise E5Error(f"--input {path}: file not found")
@@ -114,6 +135,26 @@ def input_spec(path: str | os.PathLike, fmt: str = "auto", text_field: str | Non
                           "(one text a line): use --input-format jsonl")
         return InputSpec(p, "text", None, None)
     return InputSpec(p, "jsonl", text_field or "text", id_field)
+
+
+def _pairs_source(spec: InputSpec):
+    from e5jax.data.ccpairs.builder import load_source
+
+    return load_source(spec.path, spec.name, spec.split)
+
+
+def pairs_identity(data_dir, name: str, split: str) -> tuple[int, str]:
+    """(records, sha256 of the dataset's dataset_info.json + split): a rebuilt dataset is another input."""
+    from e5jax.data.ccpairs.builder import dataset_dir, load_source
+
+    n = len(load_source(data_dir, name, split))
+    info = (dataset_dir(data_dir, name) / "dataset_info.json").read_bytes()
+    return n, hashlib.sha256(info + f"\n{split}\n{n}".encode()).hexdigest()
+
+
+def scan_input(spec: InputSpec) -> tuple[int, str]:
+    """(lines or records, content hash) of the input."""
+    return pairs_identity(spec.path, spec.name, spec.split) if spec.fmt == "pairs" else scan(spec.path)
 
 
 def scan(path: pathlib.Path, block: int = 1 << 24) -> tuple[int, str]:
@@ -173,6 +214,21 @@ class Shard:
 def iter_shards(spec: InputSpec, lines: int, shard_size: int, wanted: set[int]) -> Iterator[Shard]:
     """The `wanted` shards in order, parsed; the other lines are read past, not parsed."""
     if not wanted:
+        return
+    if spec.fmt == "pairs":  # random access: read only the wanted records
+        source = _pairs_source(spec)
+        for k in sorted(wanted):
+            lo, hi = k * shard_size, min(lines, (k + 1) * shard_size)
+            shard = Shard(k, lo + 1, hi, [], [], [])
+            for i, rec in zip(range(lo, hi), source.__getitems__(list(range(lo, hi)))):
+                v = rec[spec.text_field]
+                text = v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+                if text.strip():
+                    shard.ids.append(str(i))
+                    shard.texts.append(text)
+                else:
+                    shard.bad.append([i + 1, str(i), "empty text"])
+            yield shard
         return
     last_wanted = max(wanted)
     cur: Shard | None = None
@@ -300,11 +356,11 @@ def start(spec: InputSpec, out: pathlib.Path, *, model: str, model_sha: str, dim
     refused resume costs nothing. Returns the plan."""
     if shard_size < 1:
         raise E5Error(f"--shard-size must be >= 1, got {shard_size}")
-    lines, sha = scan(spec.path)
+    lines, sha = scan_input(spec)
     if lines == 0:
-        raise E5Error(f"--input {spec.path} is empty")
+        raise E5Error(f"--input {spec.describe()} is empty")
     plan = {"format": FORMAT, "version": VERSION, "model": model, "model_sha256": model_sha,
-            "input": str(spec.path.resolve()), "input_sha256": sha, "input_lines": lines, "input_format": spec.fmt,
+            "input": spec.describe(), "input_sha256": sha, "input_lines": lines, "input_format": spec.fmt,
             "text_field": spec.text_field, "id_field": spec.id_field, "prefix": prefix, "max_length": max_length,
             "batch_size": batch_size, "shard_size": shard_size, "compute_dtype": compute_dtype, "dim": dim,
             "dtype": "float32"}
@@ -477,3 +533,28 @@ def align(embedded: Embedded, ids: list[str], *, flag: str, path) -> tuple[np.nd
         raise E5Error(f"{flag} {path}: holds {extra} embeddings of documents not in this corpus; "
                       "it holds another corpus: embed this one")
     return embedded.emb[np.asarray(rows, np.int64)], kept
+
+
+def take(path: str | os.PathLike, manifest: dict, ids: list[str], shard_of: Callable[[str], int], *,
+         flag: str) -> np.ndarray:
+    """Rows for `ids` ([len(ids), dim], in that order), reading only the shards
+    `shard_of(id)` names, each memory-mapped: a pool of 2M rows out of a corpus of
+    hundreds of millions never loads the corpus."""
+    folder = local(path, flag)
+    out = np.zeros((len(ids), manifest["dim"]), np.float32)
+    by_shard: dict[int, list[int]] = {}
+    for pos, rid in enumerate(ids):
+        by_shard.setdefault(shard_of(rid), []).append(pos)
+    for k, positions in sorted(by_shard.items()):
+        if not 0 <= k < len(manifest["shards"]):
+            raise E5Error(f"{flag} {path}: no shard {k} for id {ids[positions[0]]!r}: it embeds another input")
+        s = manifest["shards"][k]
+        meta = json.loads((folder / s["json"]).read_text(encoding="utf-8"))
+        row = {rid: i for i, rid in enumerate(meta["ids"])}
+        emb = np.load(folder / s["npy"], mmap_mode="r", allow_pickle=False)
+        for pos in positions:
+            if ids[pos] not in row:
+                why = next((b[2] for b in meta["bad"] if b[1] == ids[pos]), "not in this input")
+                raise E5Error(f"{flag} {path}: id {ids[pos]!r} has no embedding ({why})")
+            out[pos] = emb[row[ids[pos]]]
+    return out

@@ -137,16 +137,21 @@ def draw_pools(source, pool_size: int, seed: int, chunk: int = 4096) -> tuple[np
                   f"pairs whose own passage is in the pool); found {len(picked)} among {len(order)} drawn of {n}")
 
 
-def load_pools(work: pathlib.Path, source, cfg: FilterConfig, encode: Callable, *, write: bool):
-    """(emb A, emb B, hashes of A): embedded once, then read from work/pool.npz."""
+def load_pools(work: pathlib.Path, source, cfg: FilterConfig, encode: Callable, *, write: bool,
+               pool_embeddings: Callable | None = None):
+    """(emb A, emb B, hashes of A): embedded once, then read from work/pool.npz.
+    `pool_embeddings(indices)`, when given, looks the rows up instead of encoding them."""
     path = work / "pool.npz"
     if path.exists():
         with np.load(path) as z:
             return z["emb_a"], z["emb_b"], set(z["hash_a"].tolist())
     idx_a, idx_b = draw_pools(source, cfg.pool_size, cfg.seed)
     texts_a, texts_b = _passages(source, idx_a), _passages(source, idx_b)
-    emb_a = encode([_text(t) for t in texts_a], cfg.passage_prefix)
-    emb_b = encode([_text(t) for t in texts_b], cfg.passage_prefix)
+    if pool_embeddings is not None:
+        emb_a, emb_b = pool_embeddings(idx_a), pool_embeddings(idx_b)
+    else:
+        emb_a = encode([_text(t) for t in texts_a], cfg.passage_prefix)
+        emb_b = encode([_text(t) for t in texts_b], cfg.passage_prefix)
     hash_a = np.asarray([text_hash(t) for t in texts_a], np.uint64)
     if write:
         import io
@@ -208,6 +213,20 @@ def load_encoder(path: str | os.PathLike, devices=None):
     return load(folder, devices=list(devices or jax.local_devices()))
 
 
+def check_pool_embeddings(path, model, cfg: FilterConfig, data_dir, name: str) -> None:
+    """An `e5jax embed` folder made from this split's passages with this model, prefix
+    and max length; one line naming the flag otherwise. Before the model loads."""
+    from e5jax import embed
+
+    _, man = embed.check_embedded(path, flag="--pool-embeddings", model=model, prefix=cfg.passage_prefix,
+                                  max_length=cfg.max_length)
+    if (man["input_format"], man["text_field"]) != ("pairs", "passage") or \
+            man["input_sha256"] != embed.pairs_identity(data_dir, name, cfg.split)[1]:
+        raise E5Error(f"--pool-embeddings {path} embeds {man['input']}, not the passages of --data-dir {data_dir} "
+                      f"--name {name} --split {cfg.split}; make it with `e5jax embed --input-format pairs --input "
+                      f"{data_dir} --name {name} --split {cfg.split} --prefix ...`")
+
+
 def _local_bank_mesh(devices):
     import jax
 
@@ -227,11 +246,14 @@ def filter_dataset(
     beam_runner: str | None = None,
     on_block: Callable[[int], None] | None = None,
     progress: bool | None = None,
+    pool_embeddings: str | os.PathLike | None = None,
 ) -> dict | None:
     """Filter `name`'s `cfg.split` into a new dataset `output_name`; resumes from its work folder.
 
     `model_id` names the model in the plan (see `model_fingerprint`). `on_block(b)`
-    runs after block b is durably recorded (tests kill a run there). Returns the
+    runs after block b is durably recorded (tests kill a run there). `pool_embeddings`:
+    an `e5jax embed --input-format pairs` folder of this split's passages, read for
+    the pools instead of encoding them (the caller checks it: `check_pool_embeddings`). Returns the
     report on process 0, None on the others.
     """
     import jax
@@ -264,7 +286,14 @@ def filter_dataset(
     todo = [b for b in range(len(bounds)) if b % nproc == pid and b not in done]
     t0, ranked = time.perf_counter(), 0
     if todo:
-        emb_a, emb_b, hash_a = load_pools(work, source, cfg, encode, write=pid == 0)
+        lookup = None
+        if pool_embeddings is not None:
+            from e5jax import embed
+
+            _, man = embed.read_manifest(pool_embeddings, "--pool-embeddings")
+            lookup = lambda idx: embed.take(pool_embeddings, man, [str(int(i)) for i in idx],  # noqa: E731
+                                            lambda rid: int(rid) // man["shard_size"], flag="--pool-embeddings")
+        emb_a, emb_b, hash_a = load_pools(work, source, cfg, encode, write=pid == 0, pool_embeddings=lookup)
         devices = jax.local_devices()  # own copy of the banks: no cross-host collectives
         banks = tuple(PassageBank.build(e, mesh=_local_bank_mesh(devices), screen=False)  # ranks only: no top-k
                       for e in (emb_a, emb_b))

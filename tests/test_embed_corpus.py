@@ -176,3 +176,43 @@ def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0] and "--corpus-embeddings" in err[0], err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_filter_with_pool_embeddings_equals_encoding_the_pool(tiny_model, tmp_path, capsys):
+    """`e5jax embed --input-format pairs` of a pair dataset's passages feeds the filter's
+    pool: the pool rows it ranks against are what encoding the pool gives."""
+    from e5jax.data.ccpairs.builder import build_dataset
+    from e5jax.filter import work_dir
+    from tests.fixtures.real_text import debian_records
+
+    recs = [r for r in debian_records() if r["short"].strip() and r["long"].strip()][:120]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"query": r["short"], "passage": r["long"],
+                                                          "source": "debian"}) + "\n" for r in recs))
+    data = tmp_path / "tfds"
+    build_dataset([tmp_path / "p.jsonl"], data_dir=data, name="pairs", heldout_fraction=0.05)
+    emb = tmp_path / "pool-emb"
+    assert main(["embed", "--model", str(tiny_model), "--input-format", "pairs", "--input", str(data),
+                 "--name", "pairs", "--output-dir", str(emb), "--shard-size", "50"] + ARGS) == 0
+
+    def filt(out, *extra):
+        return main(["filter", "--model", str(tiny_model), "--data-dir", str(data), "--name", "pairs",
+                     "--pool-size", "20", "--output-name", out, "--max-length", "64", "--batch-size", "8",
+                     "--block-size", "64", *extra])
+
+    assert filt("f_emb", "--pool-embeddings", str(emb)) == 0
+    # the pools it read are the pool passages' embeddings, as encoding them gives
+    from e5jax.data.ccpairs.builder import load_source
+    from e5jax.model.encoder import Encoder
+
+    source, enc = load_source(data, "pairs", "train"), Encoder.from_pretrained(tiny_model)
+    with np.load(work_dir(data, "f_emb") / "pool.npz") as z:
+        for idx, got in ((z["idx_a"], z["emb_a"]), (z["idx_b"], z["emb_b"])):
+            texts = [r["passage"].decode() for r in source.__getitems__([int(i) for i in idx])]
+            want = enc.encode(texts, prefix="passage: ", max_length=64, batch_size=8)
+            assert got.shape == (20, 64)
+            np.testing.assert_allclose(got, want, atol=1e-6)
+
+    capsys.readouterr()  # another prefix than the pool was embedded with: one line naming the flag
+    assert filt("f_bad", "--pool-embeddings", str(emb), "--passage-prefix", "") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--passage-prefix" in err[0] and "--pool-embeddings" in err[0], err

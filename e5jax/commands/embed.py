@@ -26,9 +26,12 @@ def add_arguments(p):
     p.add_argument("--output", default=None, help="output .npy file (.npy is appended when missing)")
     p.add_argument("--output-dir", default=None,
                    help="corpus scale: a folder of .npy shards + ids + manifest.json, resumable (instead of --output)")
-    p.add_argument("--input-format", default="auto", choices=["auto", "beir", "jsonl", "text"],
+    p.add_argument("--input-format", default="auto", choices=["auto", "beir", "jsonl", "text", "pairs"],
                    help="--output-dir input: auto = BEIR for corpus.jsonl, JSONL for .jsonl or a first line "
-                        "starting with '{', else text (one a line)")
+                        "starting with '{', else text (one a line); pairs = --input is a TFDS data dir, "
+                        "--name a pair dataset in it (the filter's --pool-embeddings)")
+    p.add_argument("--name", default=None, help="--input-format pairs: the pair dataset")
+    p.add_argument("--split", default="train", help="--input-format pairs: its split (default train)")
     p.add_argument("--text-field", default=None, help="JSONL field holding the text (default: text)")
     p.add_argument("--id-field", default=None, help="JSONL field holding the id (default: the line number)")
     p.add_argument("--shard-size", type=int, default=50_000, help="input lines per shard (default 50000)")
@@ -104,7 +107,7 @@ def run_corpus(args) -> int:
     if args.shard_size < 1:
         raise E5Error(f"--shard-size must be >= 1, got {args.shard_size}")
     out = check_folder(args.output_dir, "--output-dir")
-    spec = embed.input_spec(args.input, args.input_format, args.text_field, args.id_field)
+    spec = embed.input_spec(args.input, args.input_format, args.text_field, args.id_field, args.name, args.split)
     model_sha = embed.model_sha256(args.model)  # also: a missing --model fails before JAX starts
     from e5jax.model import hf
 

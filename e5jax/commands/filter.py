@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=1_000_000, help="kept pairs per JSONL shard")
     parser.add_argument("--beam-runner", default=None, help="build the output with Apache Beam (e.g. DirectRunner)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-name dataset")
+    parser.add_argument("--pool-embeddings", default=None, metavar="DIR",
+                        help="an `e5jax embed --input-format pairs` folder of this split's passages: the pool is "
+                             "read from it instead of encoded")
     parser.add_argument("--coordinator", default="", help="multi-host: jax.distributed coordinator HOST:PORT")
     parser.add_argument("--num-processes", type=int, default=0, help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, default=-1, help="multi-host: this process's id")
@@ -56,11 +59,13 @@ def run(args: argparse.Namespace) -> int:
     from e5jax.data.ccpairs.builder import dataset_dir
 
     dataset_dir(args.data_dir, args.name)  # a missing dataset fails before the model loads
+    if args.pool_embeddings is not None:
+        filt.check_pool_embeddings(args.pool_embeddings, args.model, cfg, args.data_dir, args.name)
     encoder = filt.load_encoder(args.model)
     report = filt.filter_dataset(
         encoder, data_dir=args.data_dir, name=args.name, output_name=args.output_name, cfg=cfg,
         model_id=filt.model_fingerprint(args.model), overwrite=args.overwrite, shard_size=args.shard_size,
-        beam_runner=args.beam_runner,
+        beam_runner=args.beam_runner, pool_embeddings=args.pool_embeddings,
     )  # fmt: skip
     if report is not None:  # process 0
         print(format_report(report))
