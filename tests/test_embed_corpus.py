@@ -152,7 +152,7 @@ def test_bad_lines_counted_listed_and_reported(reference, corpus, tiny_model, tm
     assert "wrote 35 x 64 float32 embeddings of 40 input lines (5 bad)" in cap.out
 
 
-def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsys, minilm_dir):
+def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsys, minilm_dir, monkeypatch):
     emb = tmp_path / "emb"
     assert main(["embed", "--model", str(tiny_model), "--input", str(FIXTURE / "corpus.jsonl"),
                  "--output-dir", str(emb), "--shard-size", "64"] + ARGS) == 0
@@ -161,7 +161,13 @@ def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsy
                 "--batch-size", "8", "--top-k", "100", "--output", str(tmp_path / out), *extra]
 
     assert main(argv("a.json")) == 0
+    from e5jax.model.encoder import Encoder
+
+    encoded, encode = [], Encoder.encode
+    monkeypatch.setattr(Encoder, "encode", lambda self, texts, prefix="", **kw: encoded.append(prefix)
+                        or encode(self, texts, prefix, **kw))
     assert main(argv("b.json", tiny_model, "64", "--corpus-embeddings", str(emb))) == 0
+    assert encoded == ["query: "]  # the corpus was read, not encoded
     assert "corpus embeddings from" in capsys.readouterr().out
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert a["datasets"] == b["datasets"] and a["per_query"] == b["per_query"]
@@ -178,7 +184,7 @@ def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsy
     assert not (tmp_path / "c.json").exists()
 
 
-def test_filter_with_pool_embeddings_equals_encoding_the_pool(tiny_model, tmp_path, capsys):
+def test_filter_with_pool_embeddings_equals_encoding_the_pool(tiny_model, tmp_path, capsys, monkeypatch):
     """`e5jax embed --input-format pairs` of a pair dataset's passages feeds the filter's
     pool: the pool rows it ranks against are what encoding the pool gives."""
     from e5jax.data.ccpairs.builder import build_dataset
@@ -199,7 +205,12 @@ def test_filter_with_pool_embeddings_equals_encoding_the_pool(tiny_model, tmp_pa
                      "--pool-size", "20", "--output-name", out, "--max-length", "64", "--batch-size", "8",
                      "--block-size", "64", *extra])
 
+    from e5jax import embed
+
+    taken, take = [], embed.take
+    monkeypatch.setattr(embed, "take", lambda *a, **kw: taken.append(len(a[2])) or take(*a, **kw))
     assert filt("f_emb", "--pool-embeddings", str(emb)) == 0
+    assert taken == [20, 20]  # pools A and B were read from the folder, not encoded
     # the pools it read are the pool passages' embeddings, as encoding them gives
     from e5jax.data.ccpairs.builder import load_source
     from e5jax.model.encoder import Encoder
