@@ -5,6 +5,11 @@
 safetensors weights in HF names, `config.json`, the tokenizer, and the
 sentence-transformers modules (Transformer → mean/CLS Pooling → Normalize)
 with E5's prompts recorded as `{"query": "query: ", "passage": "passage: "}`.
+
+A decoder encoder (Llama / Mistral / Qwen, `model.family=decoder`) is exported
+with its LoRA adapters merged into the base weights, last-token pooling and the
+E5-mistral query prompt (`Instruct: {task}\nQuery: `, documents get none); or,
+`export_peft`, as a PEFT adapter folder for the base model (e5jax/decoder_export.py).
 """
 
 from __future__ import annotations
@@ -35,15 +40,78 @@ def check_output(out_dir: str | os.PathLike) -> pathlib.Path:
     return out
 
 
+def _into_place(tmp: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """Rename a finished export over `out` (an earlier export is replaced only once the new one is whole)."""
+    if out.exists():
+        backup = out.with_name(out.name + ".old")
+        shutil.rmtree(backup, ignore_errors=True)
+        out.rename(backup)
+        tmp.rename(out)
+        shutil.rmtree(backup)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def _temporary(out: pathlib.Path) -> pathlib.Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def export_decoder(model, tokenizer, out_dir: str | os.PathLike, *, max_seq_length: int = 512,
+                   prompts: dict[str, str] | None = None, query_instruction: str = "") -> pathlib.Path:
+    """A decoder encoder with its adapters merged: an HF folder (`AutoModel`: no missing or
+    unexpected keys) that `SentenceTransformer` loads with last-token pooling and the query
+    prompt `Instruct: {query_instruction}\nQuery: ` (documents: no prompt)."""
+    from e5jax import decoder_export as dx
+    from e5jax.data.finetune.synthetic import DEFAULT_INSTRUCTION
+
+    out = check_output(out_dir)
+    if prompts is None:
+        prompts = {"query": dx.query_prompt(query_instruction or DEFAULT_INSTRUCTION), "passage": ""}
+    tmp = _temporary(out)
+    try:
+        dx.write_merged(model, tokenizer, tmp, max_seq_length=max_seq_length, prompts=prompts)
+        (tmp / "e5jax.json").write_text(json.dumps({"family": "decoder", "pooling": model.pooling,
+                                                    "normalize": model.normalize, "prompts": prompts}, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _into_place(tmp, out)
+
+
+def export_peft(model, out_dir: str | os.PathLike, *, base_model: str = "", tokenizer=None) -> pathlib.Path:
+    """The LoRA adapters alone as a PEFT folder (adapter_config.json + adapter_model.safetensors)
+    for `peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base_model), out_dir)`;
+    `base_model` (the folder the run started from) is recorded in adapter_config.json."""
+    from e5jax import decoder_export as dx
+
+    out = check_output(out_dir)
+    tmp = _temporary(out)
+    try:
+        dx.write_peft(model, tmp, base_model=base_model)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        (tmp / "e5jax.json").write_text(json.dumps({"family": "decoder", "peft": True, "pooling": model.pooling,
+                                                    "normalize": model.normalize}, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _into_place(tmp, out)
+
+
 def export(model: TextEncoder, tokenizer, out_dir: str | os.PathLike, *, max_seq_length: int = 512,
            prompts: dict[str, str] | None = None) -> pathlib.Path:
     """Export atomically: written to a temporary sibling folder, then renamed,
     so a crash never leaves a half-written model where a good one was."""
     from safetensors.numpy import save_file
 
+    from e5jax.decoder_export import is_decoder
+
+    if is_decoder(model):
+        return export_decoder(model, tokenizer, out_dir, max_seq_length=max_seq_length, prompts=prompts)
     out = check_output(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _temporary(out)
     cfg = model.bert.cfg
     tensors = hf.params_to_hf(cfg, encoder_params(model))
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -77,12 +145,4 @@ def export(model: TextEncoder, tokenizer, out_dir: str | os.PathLike, *, max_seq
         "similarity_fn_name": "cosine",
     }, indent=2))
     (tmp / "e5jax.json").write_text(json.dumps({"pooling": pooling, "normalize": model.normalize}, indent=2))
-    if out.exists():
-        backup = out.with_name(out.name + ".old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup)
-    else:
-        tmp.rename(out)
-    return out
+    return _into_place(tmp, out)

@@ -55,7 +55,7 @@ def build_tokenizer(out_dir: str | pathlib.Path, vocab_size: int = VOCAB_SIZE) -
 INSTRUCTION = "Given a Debian package summary, retrieve the package description"
 
 
-def debian_decoder_records(n: int, start: int = 0) -> list[dict]:
+def debian_decoder_records(n: int, start: int = 0, instruction: str = INSTRUCTION) -> list[dict]:
     """Real fine-tuning records for decoder tests: query = instructed package summary
     (the E5-mistral template), positive = its description, hard negative = the next
     package's description."""
@@ -66,6 +66,6 @@ def debian_decoder_records(n: int, start: int = 0) -> list[dict]:
     out = []
     for i in range(start, start + n):
         r, other = recs[i % len(recs)], recs[(i + 1) % len(recs)]
-        out.append({"query": format_query(r["short"], INSTRUCTION), "positive": r["long"],
+        out.append({"query": format_query(r["short"], instruction), "positive": r["long"],
                     "negatives": [other["long"]], "source": "debian", "id": r["package"]})
     return out

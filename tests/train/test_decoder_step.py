@@ -1,0 +1,144 @@
+"""The train step on a decoder with LoRA (the E5-mistral recipe): causal attention,
+last-token pooling, the EOS the tokenizer appends, real instructed records.
+
+The gradient-cached step equals the plain step, padded and packed (each tower in
+its rows and all towers sharing rows), with attention and adapter dropout on, and
+only the adapters are differentiated and updated.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from e5jax.config import load_config, replace
+from e5jax.data.pipeline import TokenizeBatch
+from e5jax.model import axes as ax
+from e5jax.train.state import create_state, load_tokenizer
+from e5jax.train.step import cached_grads, make_train_step, plain_loss
+from tests.decoder_tokenizer import build_tokenizer, debian_decoder_records
+from tests.train.test_step import GRADIENT_IN_MU, params, step_gradients
+
+
+@pytest.fixture(scope="session")
+def decoder_tokenizer(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.getbasetemp() / "decoder_tokenizer")
+
+
+def assert_same_gradients(got: dict, want: dict, name: str = "") -> None:
+    """Equal up to fp32 summation order: 2e-5 of the largest gradient entry."""
+    assert got.keys() == want.keys(), name
+    atol = 2e-5 * max(1.0, max(np.abs(w).max() for w in want.values()))
+    for k in want:
+        assert np.isfinite(got[k]).all(), (name, k)
+        np.testing.assert_allclose(got[k], want[k], atol=atol, err_msg=f"{name} {k}")
+
+
+def decoder_cfg(tokenizer_dir, **kw):
+    cfg = load_config("configs/tiny_decoder_finetune.py", [f"model.tokenizer={tokenizer_dir}", "model.row_blocks=1"])
+    # Dropout on: attention probabilities and the adapters' inputs.
+    return replace(cfg, **{"model.dropout": 0.1, "model.lora_dropout": 0.1, "train.batch_size": 16,
+                           "data.max_query_length": 64, **kw})
+
+
+def with_random_adapters(model, seed=0):
+    """B = 0 at init makes every A-gradient 0; random B's make both halves of each adapter count."""
+    rng = np.random.default_rng(seed)
+    state = nnx.state(model, nnx.LoRAParam)
+    for path, v in nnx.to_flat_state(state):
+        if path[-1] == "lora_b":
+            v[...] = (0.05 * rng.standard_normal(v.shape)).astype(np.float32)
+    nnx.update(model, state)
+    return model
+
+
+def batches(cfg, tokenizer, groups: int, blocks: int = 1):
+    # A short instruction: two instructed queries fit in a packed row of 64 tokens.
+    recs = debian_decoder_records(cfg.train.batch_size, start=40, instruction="Find the package")
+    padded = TokenizeBatch(tokenizer, dataclasses.replace(cfg.data, pack=False)).map(recs)
+    separate = TokenizeBatch(tokenizer, dataclasses.replace(cfg.data, pack=True, pack_towers="separate"),
+                             groups, blocks).map(recs)
+    joint = TokenizeBatch(tokenizer, dataclasses.replace(cfg.data, pack=True, pack_towers="joint"), groups,
+                          blocks).map(recs)
+    return padded, separate, joint
+
+
+def test_every_text_ends_with_the_eos(decoder_tokenizer):
+    cfg = decoder_cfg(decoder_tokenizer)
+    tok = load_tokenizer(cfg)
+    padded, _, joint = batches(cfg, tok, 4)
+    for t in ("query", "passage", "negative"):
+        ids, mask = padded[f"{t}_input_ids"], padded[f"{t}_attention_mask"]
+        ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+        last = ids[np.arange(len(ids)), mask.sum(-1) - 1]
+        assert (last == tok.eos_token_id).all(), t  # truncated texts too: the post-processor adds it last
+    assert (padded["passage_attention_mask"].sum(-1) == cfg.data.max_passage_length).any()  # some were cut
+    assert "joint_input_ids" in joint
+
+
+def test_cached_grads_equal_plain_grads_causal_packed_lora_dropout(decoder_tokenizer):
+    cfg = decoder_cfg(decoder_tokenizer, **{"train.grad_cache_chunk": 4})
+    mesh = ax.make_mesh(cfg.mesh, jax.devices()[:1])
+    graphdef, state = create_state(cfg, mesh)
+    model = with_random_adapters(nnx.merge(graphdef, state)[0])
+    padded, separate, joint = batches(cfg, load_tokenizer(cfg), groups=4)  # 4 groups = the 4 chunks
+    assert separate["query_input_ids"].shape[1] < 4 and joint["joint_input_ids"].shape[1] < 12  # texts share rows
+    key = jax.random.key(3)
+
+    def grads(fn, batch, k=key):
+        (loss, m), g = jax.jit(fn, static_argnums=())(model, batch, k)
+        return float(loss), float(m["accuracy"]), {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(g)}
+
+    wrt = nnx.DiffState(0, nnx.LoRAParam)
+    plain = lambda m, b, k: nnx.value_and_grad(  # noqa: E731
+        lambda mm: plain_loss(mm, b, k, cfg, None), argnums=wrt, has_aux=True)(m)
+    cached = lambda m, b, k: cached_grads(m, b, k, cfg, None)  # noqa: E731
+    ref = grads(plain, padded)
+    assert ref[2] and all("lora" in path for path in ref[2])  # the adapters, nothing else
+    n_lora = sum(v.size for _, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
+    assert sum(g.size for g in ref[2].values()) == n_lora
+    assert all(np.abs(g).max() > 0 for g in ref[2].values())
+    # The padded plain step is the reference; packed rows (each tower in its own, all towers
+    # sharing rows) through gradient caching must give its loss and gradient.
+    for name, got in (("cached separate", grads(cached, separate)), ("cached joint", grads(cached, joint))):
+        np.testing.assert_allclose(got[0], ref[0], atol=1e-5, err_msg=name)
+        assert got[1] == ref[1], name
+        assert_same_gradients(got[2], ref[2], name=name)
+    # dropout really is on: another key, another gradient
+    other = grads(cached, joint, jax.random.key(4))
+    k = next(p for p in ref[2] if p[-1] == "lora_a")
+    assert not np.allclose(other[2][k], ref[2][k], atol=1e-5)
+
+
+def test_cached_step_equals_plain_step_and_moves_only_adapters_on_4_devices(decoder_tokenizer):
+    """One jitted train step each (the step's gradient read from AdamW's mu with b1 = 0),
+    on a 4-device mesh with packed joint rows."""
+    results = {}
+    for chunk in (0, 4):
+        cfg = decoder_cfg(decoder_tokenizer, **{"train.grad_cache_chunk": chunk, "data.pack": True,
+                                                "optim.learning_rate": 1e-3, **GRADIENT_IN_MU})
+        mesh = ax.make_mesh(cfg.mesh, jax.devices()[:4])
+        graphdef, state = create_state(cfg, mesh)
+        model, opt = nnx.merge(graphdef, state)
+        with_random_adapters(model)
+        state = nnx.state((model, opt))
+        chunks = 16 // chunk if chunk else 1
+        _, _, joint = batches(cfg, load_tokenizer(cfg), groups=4 * chunks, blocks=4)  # 4 devices' blocks
+        batch = {k: jax.device_put(v, ax.batch_sharding(mesh, v.ndim)) for k, v in joint.items()}
+        with ax.axis_rules(mesh):
+            new_state, metrics = jax.jit(make_train_step(cfg, graphdef, mesh))(state, batch)
+        results[chunk] = (params(state), new_state, metrics)
+    init, plain, m0 = results[0]
+    _, cached, m4 = results[4]
+    np.testing.assert_allclose(m4["loss"], m0["loss"], atol=1e-5)
+    grads = step_gradients(plain)
+    assert grads and all("lora" in k for k in grads)  # moments for the adapters alone
+    assert_same_gradients(step_gradients(cached), grads, "4 devices")
+    after = params(plain)
+    moved = {k for k in init if np.abs(after[k] - init[k]).max() > 0}
+    assert moved and all("lora" in k for k in moved)  # the frozen base did not move
+    assert len(moved) == len(grads)
+    for k, v in after.items():
+        np.testing.assert_allclose(params(cached)[k], v, atol=1e-6, err_msg=str(k))
