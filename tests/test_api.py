@@ -109,3 +109,15 @@ def test_cli_names_the_folder_that_is_not_a_model(tmp_path, capsys):
     rc = main(["export", "--workdir", str(tmp_path / "out"), "--output", str(tmp_path / "exp")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nor an e5jax training workdir" in err[0], err
+
+
+def test_load_over_all_local_devices_equals_one(trained):
+    """What `e5jax filter` does (a batch split over every local device) gives what one device gives."""
+    import jax
+    import numpy as np
+
+    texts = ["how to resize a partition", "free software office suite", "a tiling window manager"]
+    one = e5jax.load(trained["workdir"]).encode(texts, prefix="query: ")
+    assert jax.local_device_count() > 1, "conftest emulates 8 devices"
+    many = e5jax.load(trained["workdir"], devices=jax.local_devices()).encode(texts, prefix="query: ")
+    np.testing.assert_allclose(many, one, atol=1e-5)
