@@ -62,9 +62,10 @@ FORMAT = "e5jax-embeddings"
 VERSION = 1
 BAD_EXAMPLES = 10  # bad lines named in the log and the manifest (all of them are in the shards' .json)
 CHUNK_BATCHES = 16  # texts per encoder call = CHUNK_BATCHES * batch_size: the progress bar's step
-# Test hook: "SHARD:npy" or "SHARD:json" SIGKILLs this process right after that file
-# of that shard is renamed into place (tests/test_embed_corpus.py kills a run there).
-KILL_ENV = "E5JAX_EMBED_KILL_AFTER"
+# Fault injection for tests: "FILE:torn" SIGKILLs this process while FILE (e.g.
+# shard-00001.json) is half written to its temp name; "FILE:written" right after it
+# is renamed into place (tests/test_embed_corpus.py kills a run so).
+KILL_ENV = "E5JAX_EMBED_KILL_AT"
 
 # What plan.json records -> the flag that sets it (named when a resume is refused).
 PLAN_FLAGS = {
@@ -289,9 +290,22 @@ def _atomic_write(path: pathlib.Path, write: Callable) -> None:
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         write(f)
+        if os.environ.get(KILL_ENV) == f"{path.name}:torn":
+            f.truncate(f.tell() // 2)
+            _kill()
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    if os.environ.get(KILL_ENV) == f"{path.name}:written":
+        _kill()
+
+
+def _kill() -> None:
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
@@ -312,15 +326,6 @@ def _shard_done(out: pathlib.Path, k: int, dim: int) -> bool:
         return np.load(npy, mmap_mode="r").shape == (rows, dim)
     except (ValueError, KeyError, OSError):
         return False
-
-
-def _maybe_kill(k: int, point: str) -> None:
-    if os.environ.get(KILL_ENV) == f"{k}:{point}":
-        import signal
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_plan(out: pathlib.Path, plan: dict) -> None:
@@ -402,10 +407,8 @@ def embed_corpus(encode: Callable, spec: InputSpec, out: pathlib.Path, plan: dic
                 raise E5Error(f"the encoder returned {emb.shape} for {len(shard.ids)} texts of dim {dim}")
             npy, meta = shard_paths(out, shard.index)
             _atomic_write(npy, lambda f, a=emb: np.save(f, a, allow_pickle=False))
-            _maybe_kill(shard.index, "npy")
             _write_json(meta, {"shard": shard.index, "first_line": shard.first_line, "last_line": shard.last_line,
                                "rows": len(shard.ids), "ids": shard.ids, "bad": shard.bad})
-            _maybe_kill(shard.index, "json")
     if nproc > 1:
         from jax.experimental import multihost_utils
 

@@ -73,13 +73,16 @@ def _embed_cmd(model, corpus, out, *extra):
 
 def test_killed_and_restarted_equals_uninterrupted(tiny_model, corpus, reference, tmp_path, capsys):
     out = tmp_path / "emb"
-    # SIGKILL right after shard 1's .npy is in place, before its .json: shard 0 is
+    # SIGKILL while shard 1's .json is half written (its .npy is in place): shard 0 is
     # finished, shard 1 half made (the worst moment: a matrix without its ids).
-    proc = subprocess.run(_embed_cmd(tiny_model, corpus, out), env=cpu_env(8, E5JAX_EMBED_KILL_AFTER="1:npy"),
+    proc = subprocess.run(_embed_cmd(tiny_model, corpus, out),
+                          env=cpu_env(8, E5JAX_EMBED_KILL_AT="shard-00001.json:torn"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     left = set(files(out))
+    # the torn file is a temp file: no reader ever sees a half-written shard-00001.json
     assert {"plan.json", "shard-00000.npy", "shard-00000.json", "shard-00001.npy"} == left, left
+    assert [p.name for p in out.glob(".shard-00001.json.*.tmp")]
     first = (out / "shard-00000.npy").stat()
 
     argv = ["embed", "--model", str(tiny_model), "--input", str(corpus), "--output-dir", str(out),
@@ -98,6 +101,7 @@ def test_killed_and_restarted_equals_uninterrupted(tiny_model, corpus, reference
     assert got.keys() == want.keys()
     for name in want:
         assert got[name] == want[name], name  # byte-equal: arrays, ids, bad lines, manifest
+    assert not list(out.glob(".*"))  # the killed run's temp file is gone
     again = (out / "shard-00000.npy").stat()
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # finished shard skipped
 
