@@ -20,7 +20,9 @@ Attention is causal. Padded rows: key k is seen from query q iff k <= q,
 k is not padding, and (in a sliding layer) q - k < window. Packed rows (see
 `e5jax.data.packing`): the same inside each text, nothing across texts, and
 RoPE positions restart at 0 for each text, so a text's hidden states equal
-those it gets alone.
+those it gets alone. (RoPE scores depend only on position differences, so
+restarting changes nothing in exact arithmetic; it keeps the angles, and the
+rounding, those of the text alone.)
 
 LoRA: with `lora_rank > 0` each targeted projection (HF names: q_proj,
 k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) carries Flax's own
@@ -669,13 +671,41 @@ def create_decoder_sharded(cfg: DecoderConfig, mesh: Mesh, rules=DEFAULT_RULES, 
     return build_sharded(make, mesh, rules, params=params, key_of=lambda path: path.removeprefix("decoder/"))
 
 
+def read_decoder_pooling(folder) -> tuple[str, bool]:
+    """(pooling, normalize) a folder records: an e5jax export's e5jax.json, else a
+    sentence-transformers Pooling module (`pooling_mode_lasttoken` / `pooling_mode_mean_tokens`),
+    else E5-mistral's convention: the last token, normalised."""
+    import json
+    import pathlib
+
+    folder = pathlib.Path(folder)
+    if (folder / "e5jax.json").is_file():
+        meta = json.loads((folder / "e5jax.json").read_text())
+        if meta.get("pooling") in POOLINGS:
+            return meta["pooling"], bool(meta.get("normalize", True))
+    if not (folder / "modules.json").is_file():
+        return "last", True
+    pooling, normalize = "last", False
+    for mod in json.loads((folder / "modules.json").read_text()):
+        if mod["type"].endswith("Pooling"):
+            pc = json.loads((folder / mod["path"] / "config.json").read_text())
+            if pc.get("pooling_mode_mean_tokens") or pc.get("pooling_mode") == "mean":
+                pooling = "mean"
+            elif not (pc.get("pooling_mode_lasttoken") or pc.get("pooling_mode") == "lasttoken"):
+                raise E5Error(f"{folder}: a decoder pools the last token or the mean; its Pooling config is {pc}")
+        if mod["type"].endswith("Normalize"):
+            normalize = True
+    return pooling, normalize
+
+
 def load_decoder_pretrained(path, *, mesh: Mesh | None = None, rules=DEFAULT_RULES, dtype: str = "float32",
                             remat: bool = False, dropout: float = -1.0, pooling: str | None = None,
                             normalize: bool | None = None, seed: int = 0, **lora) -> DecoderTextEncoder:
     """A DecoderTextEncoder with the weights of a local HF folder (Llama/Mistral/Qwen2/Qwen3).
 
     `dropout` >= 0 overrides the attention dropout; `lora` = lora_rank, lora_alpha,
-    lora_targets, lora_dropout (fresh adapters). Pooling defaults to "last", normalised.
+    lora_targets, lora_dropout (fresh adapters). Pooling and normalisation default to what
+    the folder records (`read_decoder_pooling`).
     """
     from e5jax.config import MeshConfig
     from e5jax.model import axes as ax
@@ -688,6 +718,7 @@ def load_decoder_pretrained(path, *, mesh: Mesh | None = None, rules=DEFAULT_RUL
         cfg = dataclasses.replace(cfg, attention_dropout=dropout)
     params = hf_decoder.hf_to_params(cfg, hf_decoder.read_tensors(folder))
     mesh = mesh or ax.make_mesh(MeshConfig(), jax.devices()[:1])
-    return create_decoder_sharded(cfg, mesh, rules, seed=seed, params=params, pooling=pooling or "last",
-                                  normalize=True if normalize is None else normalize, dtype=dtype, remat=remat,
+    p_mode, p_norm = read_decoder_pooling(folder)
+    return create_decoder_sharded(cfg, mesh, rules, seed=seed, params=params, pooling=pooling or p_mode,
+                                  normalize=p_norm if normalize is None else normalize, dtype=dtype, remat=remat,
                                   **lora)

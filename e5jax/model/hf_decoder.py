@@ -88,6 +88,17 @@ def expected_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
 # ------------------------------------------------------------------ files
 
 
+def is_decoder_folder(folder) -> bool:
+    """Whether a model folder's config.json names a decoder family this module maps."""
+    from e5jax.model.decoder import SUPPORTED_MODEL_TYPES
+
+    path = pathlib.Path(folder) / "config.json"
+    try:
+        return json.loads(path.read_text()).get("model_type") in SUPPORTED_MODEL_TYPES
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def read_config(folder: pathlib.Path) -> tuple[DecoderConfig, dict[str, Any]]:
     folder = pathlib.Path(folder)
     path = folder / "config.json"

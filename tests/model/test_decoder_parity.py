@@ -193,18 +193,62 @@ def test_packed_rows_match_each_text_alone(families, family):
         assert _cos(mean[g, s], alone.mean(0)) >= 0.99999, t
 
 
+def _with_adapters(f: Family, rank: int) -> dict:
+    """The family's weights plus non-zero adapters on every projection (so the LoRA path counts)."""
+    rng = np.random.default_rng(5)
+    shapes = {k.removeprefix("decoder/"): v.shape for k, v in flatten_state(nnx.state(nnx.eval_shape(
+        lambda: dec.DecoderTextEncoder(f.cfg, lora_rank=rank, rngs=nnx.Rngs(0))))).items()}
+    params = dict(f.params)
+    for k, s in shapes.items():
+        if "/lora/" in k:
+            params[k] = (rng.standard_normal(s) * 0.1).astype(np.float32)
+    return params
+
+
+def test_dropout_packed_equals_padded_and_remat_keeps_gradients(families):
+    """Attention and LoRA dropout are hash masks of each token's place in its own text: packed
+    rows see exactly the padded rows' masks; remat changes no adapter gradient."""
+    from e5jax.model.dropout import row_seeds
+
+    f = families("qwen2")
+    cfg = dataclasses.replace(f.cfg, attention_dropout=0.2)
+    params = _with_adapters(f, 4)
+    mesh = ax.make_mesh(MeshConfig(), jax.devices()[:1])
+    kw = dict(lora_rank=4, lora_dropout=0.3)
+    model = dec.create_decoder_sharded(cfg, mesh, params=params, **kw)
+    texts = _texts(6, (9, 3, 7, 12, 2, 6, 10, 4))
+    ids, mask = _padded(texts, 16)
+    keys = jax.random.split(jax.random.key(7), len(texts))
+    graphdef, state = nnx.split(model)
+    padded = jax.jit(lambda st, i, m, k: nnx.merge(graphdef, st)(i, m, dropout_key=k))
+    want = np.asarray(padded(state, ids, mask, keys))
+    assert np.abs(np.asarray(padded(state, ids, mask, None)) - want).max() > 1e-3  # dropout really acts
+    p = pack(texts, groups=2, pack_len=16, pad_id=0)
+    assert p["input_ids"].shape[1] < 4
+    got = jax.jit(lambda st, i, s, q, sd: nnx.merge(graphdef, st).encode_packed(i, s, q, 4, seeds=sd))(
+        state, p["input_ids"], p["segment_ids"], p["positions"], row_seeds(keys).reshape(2, -1))
+    np.testing.assert_allclose(np.asarray(got).reshape(len(texts), -1), want, atol=1e-5)
+
+    target = jnp.asarray(np.random.default_rng(0).standard_normal(want.shape), jnp.float32)
+
+    def adapter_grads(m):
+        gd, lora, rest = nnx.split(m, nnx.LoRAParam, ...)
+        loss = lambda lo: (nnx.merge(gd, lo, rest)(ids, mask, dropout_key=keys) * target).sum()  # noqa: E731
+        return flatten_state(jax.jit(jax.grad(loss))(lora))
+
+    plain = adapter_grads(model)
+    remat = adapter_grads(dec.create_decoder_sharded(cfg, mesh, params=params, remat=True, **kw))
+    assert len(plain) == 2 * 7 * 2 and np.abs(np.asarray(plain["decoder/layers/0/attn/q_proj/lora/lora_b"][...])).max() > 0
+    for k, v in plain.items():
+        np.testing.assert_allclose(np.asarray(remat[k][...]), np.asarray(v[...]), rtol=1e-5, atol=1e-5, err_msg=k)
+
+
 def test_eight_sharded_devices_equal_one(families):
     """fsdp=2 x tensor=2 x data=2: parameters (LoRA adapters too) really split; outputs unchanged."""
     f = families("llama")
     assert jax.device_count() == 8
-    rng = np.random.default_rng(5)
-    shapes = {k.removeprefix("decoder/"): v.shape for k, v in flatten_state(nnx.state(nnx.eval_shape(
-        lambda: dec.DecoderTextEncoder(f.cfg, lora_rank=4, rngs=nnx.Rngs(0))))).items()}
-    params = dict(f.params)
-    for k, s in shapes.items():  # non-zero adapters, so the LoRA path counts in the comparison
-        if "/lora/" in k:
-            params[k] = (rng.standard_normal(s) * 0.1).astype(np.float32)
     kw = dict(lora_rank=4, lora_alpha=8.0)
+    params = _with_adapters(f, kw["lora_rank"])
     mesh = ax.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     sharded = dec.create_decoder_sharded(f.cfg, mesh, params=params, **kw)
     single = dec.create_decoder_sharded(f.cfg, ax.make_mesh(MeshConfig(), jax.devices()[:1]), params=params, **kw)
