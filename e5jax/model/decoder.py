@@ -639,12 +639,27 @@ class DecoderTextEncoder(nnx.Module):
 # ------------------------------------------------------------------ construction
 
 
-def lora_init(model_shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
-    """Host values for the adapters of a model loaded from a checkpoint without them:
+def lora_shapes(cfg: DecoderConfig, lora: LoraSpec) -> dict[str, tuple[int, ...]]:
+    """Path → shape of every adapter parameter (`<proj>/lora/lora_a` [in, r], `lora_b` [r, out])."""
+    from e5jax.model.hf_decoder import expected_shapes
+
+    out = {}
+    if lora.rank <= 0:
+        return out
+    for path, shape in expected_shapes(cfg).items():
+        if path.endswith("/kernel") and path.split("/")[-2] in lora.targets:
+            (din, dout), stem = shape, path.removesuffix("/kernel")
+            out[f"{stem}/lora/lora_a"] = (din, lora.rank)
+            out[f"{stem}/lora/lora_b"] = (lora.rank, dout)
+    return out
+
+
+def lora_init(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """Host values for fresh adapters on a model loaded from a checkpoint without them:
     A as `nnx.LoRA`'s default (He-uniform over fan-in), B zeros (the adapter starts as a no-op)."""
     rng = np.random.default_rng(seed)
     out = {}
-    for path, shape in sorted(model_shapes.items()):
+    for path, shape in sorted(shapes.items()):
         if path.endswith("/lora/lora_a"):
             limit = math.sqrt(6.0 / shape[0])
             out[path] = rng.uniform(-limit, limit, shape).astype(np.float32)
@@ -661,13 +676,12 @@ def create_decoder_sharded(cfg: DecoderConfig, mesh: Mesh, rules=DEFAULT_RULES, 
     adapters missing from `params` are initialised here (`lora_init`).
     """
     from e5jax.model.encoder import build_sharded
-    from e5jax.model.hf import flatten_state
 
     make = lambda: DecoderTextEncoder(cfg, rngs=nnx.Rngs(seed), **kwargs)  # noqa: E731
     if params is not None and kwargs.get("lora_rank", 0) > 0:
-        shapes = {k.removeprefix("decoder/"): tuple(v.shape)
-                  for k, v in flatten_state(nnx.state(nnx.eval_shape(make))).items()}
-        params = {**lora_init({k: s for k, s in shapes.items() if k not in params}, seed), **params}
+        spec = LoraSpec(kwargs["lora_rank"], targets=tuple(kwargs.get("lora_targets", LORA_TARGETS)))
+        missing = {k: s for k, s in lora_shapes(cfg, spec).items() if k not in params}
+        params = {**lora_init(missing, seed), **params}
     return build_sharded(make, mesh, rules, params=params, key_of=lambda path: path.removeprefix("decoder/"))
 
 
