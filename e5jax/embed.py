@@ -337,7 +337,7 @@ def check_plan(out: pathlib.Path, plan: dict) -> None:
         # Hidden entries are temp files; plan.json may appear meanwhile (another process wrote it).
         others = [p for p in out.iterdir() if not p.name.startswith(".") and p.name != "plan.json"] \
             if out.is_dir() else []
-        if others:
+        if others and not path.is_file():
             raise E5Error(f"--output-dir {out} is not empty and holds no e5jax embeddings (plan.json); "
                           "give a new or empty folder")
         out.mkdir(parents=True, exist_ok=True)
@@ -393,8 +393,12 @@ def embed_corpus(encode: Callable, spec: InputSpec, out: pathlib.Path, plan: dic
             p.unlink(missing_ok=True)
     total = sum(min(lines, (k + 1) * shard_size) - k * shard_size for k in todo)
     chunk = CHUNK_BATCHES * batch_size
+    # On by default, also where stderr is a log file (a pod's, a nohup run's): there one
+    # line every 30 s (texts done, texts/s, ETA) instead of a redraw every 0.1 s.
+    tty = sys.stderr.isatty()
     with tqdm(total=total, unit="text", unit_scale=True, desc="embed" if nproc == 1 else f"embed p{pid}",
-              file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True) as bar:
+              file=sys.stderr, disable=False if progress is None else not progress, dynamic_ncols=tty,
+              mininterval=0.1 if tty else 30.0) as bar:
         for shard in iter_shards(spec, lines, shard_size, set(todo)):
             parts = [np.zeros((0, dim), np.float32)]
             bar.update(len(shard.bad))
@@ -413,12 +417,9 @@ def embed_corpus(encode: Callable, spec: InputSpec, out: pathlib.Path, plan: dic
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("e5jax-embed-shards")
-    manifest = None
-    if pid == 0:
-        manifest = _write_manifest(out, plan, n_shards, dim)
-    if nproc > 1:
-        multihost_utils.sync_global_devices("e5jax-embed-manifest")
-    return manifest
+    # No barrier after this: if process 0 refuses to write the manifest (a shard missing),
+    # the others must not wait for it forever; they have nothing left to do.
+    return _write_manifest(out, plan, n_shards, dim) if pid == 0 else None
 
 
 def _write_manifest(out: pathlib.Path, plan: dict, n_shards: int, dim: int) -> dict:

@@ -6,6 +6,7 @@ corpus does. A tiny random BERT (hidden 64, 2 layers, max 64 tokens) keeps it fa
 
 import json
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def test_two_processes_equal_one(tiny_model, corpus, reference, tmp_path):
                                          "--num-processes", "2", "--process-id", str(pid)),
                               env=cpu_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for pid in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     assert "wrote 35 x 64" in outs[0] and "wrote" not in outs[1]  # process 0 writes the manifest
     got, want = files(out), files(reference)
@@ -154,6 +155,7 @@ def test_bad_lines_counted_listed_and_reported(reference, corpus, tiny_model, tm
     assert "5 bad input lines skipped" in cap.err and "line 3:" in cap.err and "line 25:" in cap.err
     assert "(id notext): missing text field" in cap.err
     assert "wrote 35 x 64 float32 embeddings of 40 input lines (5 bad)" in cap.out
+    assert re.search(r"40(\.0)?/40(\.0)? \[\d\d:\d\d<\d\d:\d\d, +[\d.]+text/s\]", cap.err), cap.err  # progress
 
 
 def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsys, minilm_dir, monkeypatch):

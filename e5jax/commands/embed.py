@@ -88,6 +88,11 @@ def run(args) -> int:
         raise E5Error("give one of --output FILE.npy (one matrix) or --output-dir DIR (sharded, resumable)")
     if args.output_dir is not None:
         return run_corpus(args)
+    only_dir = [f for f, v in (("--input-format", args.input_format != "auto"), ("--text-field", args.text_field),
+                               ("--id-field", args.id_field), ("--name", args.name), ("--coordinator", args.coordinator))
+                if v]
+    if only_dir:
+        raise E5Error(f"{only_dir[0]} applies to --output-dir (corpus scale), not to --output FILE.npy")
     out = npy_path(args.output)
     texts = read_texts(local(args.input, "--input"))
     enc = Encoder.from_pretrained(args.model, dtype=args.dtype)

@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if len(embedded) != len(args.beir):
         raise E5Error(f"give one --corpus-embeddings per --beir ({len(args.beir)}), in the same order; "
                       f"got {len(embedded)}")
-    for folder in filter(None, embedded):  # made with this model, prefix, length: checked before loading it
-        from e5jax.embed import check_embedded
+    from e5jax.embed import check_embedded
 
+    for folder in filter(None, embedded):  # made with this model, prefix, length: checked before loading it
         check_embedded(folder, flag="--corpus-embeddings", model=args.model, prefix=args.passage_prefix,
                        max_length=args.max_length)
     encoder = load(args.model)
