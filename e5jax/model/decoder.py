@@ -732,7 +732,7 @@ def load_decoder_pretrained(path, *, mesh: Mesh | None = None, rules=DEFAULT_RUL
         cfg = dataclasses.replace(cfg, attention_dropout=dropout)
     params = hf_decoder.hf_to_params(cfg, hf_decoder.read_tensors(folder))
     mesh = mesh or ax.make_mesh(MeshConfig(), jax.devices()[:1])
-    p_mode, p_norm = read_decoder_pooling(folder)
+    p_mode, p_norm = read_decoder_pooling(folder) if pooling is None or normalize is None else (pooling, normalize)
     return create_decoder_sharded(cfg, mesh, rules, seed=seed, params=params, pooling=pooling or p_mode,
                                   normalize=p_norm if normalize is None else normalize, dtype=dtype, remat=remat,
                                   **lora)

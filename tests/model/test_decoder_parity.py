@@ -455,3 +455,19 @@ def test_mistral_7b_shards_over_fsdp_and_tensor():
     assert per_device < total / 63  # the replicated rest: RMSNorm scales
     assert {k.removeprefix("decoder/"): tuple(v.shape) for k, v in flat.items() if "/lora/" in k} == \
         dec.lora_shapes(cfg, dec.LoraSpec(16))
+
+
+def test_pooling_a_folder_records(tmp_path):
+    """e5jax.json first, then a sentence-transformers Pooling module, else E5-mistral's last token."""
+    assert dec.read_decoder_pooling(tmp_path) == ("last", True)
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    assert dec.read_decoder_pooling(tmp_path) == ("mean", False)  # no Normalize module
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    with pytest.raises(E5Error, match="last token or the mean"):
+        dec.read_decoder_pooling(tmp_path)
+    (tmp_path / "e5jax.json").write_text(json.dumps({"family": "decoder", "pooling": "last", "normalize": True}))
+    assert dec.read_decoder_pooling(tmp_path) == ("last", True)
