@@ -176,10 +176,9 @@ class DecoderConfig:
         if missing:
             raise E5Error(f"config.json lacks {', '.join(missing)}")
         n_layers, n_heads = d["num_hidden_layers"], d["num_attention_heads"]
-        # Qwen3Config's head_dim defaults to 128, the others' to hidden_size // heads.
+        # Qwen3Config's head_dim defaults to 128, the others' to hidden_size // heads (Qwen2Config
+        # has no such field, but its attention reads one that config.json sets).
         head_dim = d.get("head_dim") or (128 if mt == "qwen3" else d["hidden_size"] // n_heads)
-        if mt == "qwen2":
-            head_dim = d["hidden_size"] // n_heads
         window = d.get("sliding_window", 4096)  # MistralConfig / Qwen2Config's default when absent
         max_window_layers = None
         if mt == "mistral":
@@ -191,6 +190,8 @@ class DecoderConfig:
             window = window if d.get("use_sliding_window", False) else None
             layer_types = tuple(d.get("layer_types") or (
                 SLIDING if window is not None and i >= max_window_layers else FULL for i in range(n_layers)))
+            if window is None:  # "sliding_attention" layers without a window attend fully there too
+                layer_types = (FULL,) * n_layers
         else:
             window, layer_types = None, (FULL,) * n_layers
         if SLIDING not in layer_types:
@@ -229,8 +230,8 @@ class DecoderConfig:
             "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
             "tie_word_embeddings": self.tie_word_embeddings,
         }
-        if self.model_type == "qwen2":  # Qwen2Config has no head_dim: always hidden_size // heads
-            del out["head_dim"]
+        if self.model_type == "qwen2" and self.head_dim == self.hidden_size // self.num_attention_heads:
+            del out["head_dim"]  # Qwen2Config has no such field; written only where it differs
         if self.model_type == "llama":
             out["attention_bias"] = self.qkv_bias
             out["mlp_bias"] = self.mlp_bias

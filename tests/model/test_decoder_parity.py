@@ -238,7 +238,8 @@ def test_dropout_packed_equals_padded_and_remat_keeps_gradients(families):
 
     plain = adapter_grads(model)
     remat = adapter_grads(dec.create_decoder_sharded(cfg, mesh, params=params, remat=True, **kw))
-    assert len(plain) == 2 * 7 * 2 and np.abs(np.asarray(plain["decoder/layers/0/attn/q_proj/lora/lora_b"][...])).max() > 0
+    assert len(plain) == 2 * 7 * 2  # 2 layers x 7 projections x (A, B)
+    assert np.abs(np.asarray(plain["decoder/layers/0/attn/q_proj/lora/lora_b"][...])).max() > 0
     for k, v in plain.items():
         np.testing.assert_allclose(np.asarray(remat[k][...]), np.asarray(v[...]), rtol=1e-5, atol=1e-5, err_msg=k)
 
@@ -392,7 +393,8 @@ def test_config_families_and_refusals():
     assert c.layer_types == ("full_attention",) * 2 + ("sliding_attention",) * 2 and c.qkv_bias and not c.o_bias
     c = dec.DecoderConfig.from_hf(json.loads(t.Qwen2Config(num_hidden_layers=2).to_json_string()))
     assert c.sliding_window is None and c.layer_types == ("full_attention",) * 2
-    c = dec.DecoderConfig.from_hf(json.loads(t.MistralConfig(num_hidden_layers=2, sliding_window=None).to_json_string()))
+    c = dec.DecoderConfig.from_hf(json.loads(t.MistralConfig(num_hidden_layers=2,
+                                                             sliding_window=None).to_json_string()))
     assert c.sliding_window is None and c.layer_types == ("full_attention",) * 2
     # an older config.json: rope_theta at the top, rope_scaling with "type"
     c = dec.DecoderConfig.from_hf({"model_type": "llama", "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8,
