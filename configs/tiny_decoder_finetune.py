@@ -22,10 +22,11 @@ def get_config() -> Config:
         model=ModelConfig(init="", arch=str(HERE / "tiny_decoder.json"), tokenizer="", family="decoder",
                           pooling="last", dtype="float32", lora_rank=8, lora_alpha=16.0),
         data=DataConfig(data_dir="", name="", query_prefix="", passage_prefix="", max_query_length=32,
-                        max_passage_length=64, num_buckets=2, num_hard_negatives=1),
+                        max_passage_length=32, num_buckets=2, num_hard_negatives=1),
         mesh=MeshConfig(data=-1, fsdp=1, tensor=1),
-        # A random-init base learns only through its adapters: a high rate and a soft softmax.
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=5, weight_decay=0.0),
+        # A random-init base learns only through its adapters: a high rate (clipped: at 3e-3
+        # unclipped the embeddings collapsed onto one direction) and a soft softmax.
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=5, weight_decay=0.0, clip_norm=1.0),
         loss=LossConfig(temperature=0.05),
-        train=TrainConfig(batch_size=16, steps=10, checkpoint_every=5, log_every=1, eval_batches=2),
+        train=TrainConfig(batch_size=32, steps=10, checkpoint_every=5, log_every=1, eval_batches=2),
     )

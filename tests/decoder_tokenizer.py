@@ -57,15 +57,16 @@ INSTRUCTION = "Given a Debian package summary, retrieve the package description"
 
 def debian_decoder_records(n: int, start: int = 0, instruction: str = INSTRUCTION) -> list[dict]:
     """Real fine-tuning records for decoder tests: query = instructed package summary
-    (the E5-mistral template), positive = its description, hard negative = the next
-    package's description."""
+    (the E5-mistral template), positive = its description, negative = the description of
+    a package far away in the file (neighbours are often siblings, libfoo / libfoo-dev, with
+    near-identical descriptions: as negatives they would contradict the positives)."""
     from e5jax.data.finetune.synthetic import format_query
     from tests.fixtures.real_text import debian_records
 
     recs = debian_records()
     out = []
     for i in range(start, start + n):
-        r, other = recs[i % len(recs)], recs[(i + 1) % len(recs)]
+        r, other = recs[i % len(recs)], recs[(i + len(recs) // 2) % len(recs)]
         out.append({"query": format_query(r["short"], instruction), "positive": r["long"],
                     "negatives": [other["long"]], "source": "debian", "id": r["package"]})
     return out

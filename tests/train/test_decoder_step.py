@@ -118,7 +118,8 @@ def test_cached_step_equals_plain_step_and_moves_only_adapters_on_4_devices(deco
     results = {}
     for chunk in (0, 4):
         cfg = decoder_cfg(decoder_tokenizer, **{"train.grad_cache_chunk": chunk, "data.pack": True,
-                                                "optim.learning_rate": 1e-3, **GRADIENT_IN_MU})
+                                                "optim.learning_rate": 1e-3, "optim.clip_norm": 0.0,
+                                                **GRADIENT_IN_MU})  # unclipped: mu is the raw gradient
         mesh = ax.make_mesh(cfg.mesh, jax.devices()[:4])
         graphdef, state = create_state(cfg, mesh)
         model, opt = nnx.merge(graphdef, state)
@@ -142,3 +143,46 @@ def test_cached_step_equals_plain_step_and_moves_only_adapters_on_4_devices(deco
     assert len(moved) == len(grads)
     for k, v in after.items():
         np.testing.assert_allclose(params(cached)[k], v, atol=1e-6, err_msg=str(k))
+
+
+# ------------------------------------------------------------------ learning
+
+
+def _heldout_accuracy(cfg, state, graphdef) -> float:
+    """Mean held-out in-batch accuracy over `train.eval_batches` batches (the loop's own evaluation)."""
+    from e5jax.data.global_batch import to_global
+    from e5jax.train.loop import _iterators
+    from e5jax.train.step import make_eval_step
+
+    mesh = ax.make_mesh(cfg.mesh)
+    it = _iterators(cfg, load_tokenizer(cfg), cfg.data.eval_split, train=False, mesh=mesh)
+    eval_fn = jax.jit(make_eval_step(cfg, graphdef, mesh))
+    accs = [float(eval_fn(state, to_global(next(it), mesh, ax.BATCH_AXES))["accuracy"])
+            for _ in range(cfg.train.eval_batches)]
+    return float(np.mean(accs))
+
+
+def test_tiny_decoder_preset_learns_on_real_pairs(decoder_tokenizer, tmp_path):
+    """configs/tiny_decoder_finetune.py (random-init 2-layer Mistral, LoRA adapters only, last-token
+    pooling, instructed queries) trained by `e5jax train`'s loop on Debian summary -> description
+    records: held-out in-batch accuracy (chance 1/64 with the hard negatives) rises well above
+    the starting model's on the same held-out batches."""
+    import json
+
+    from e5jax.data.ccpairs.builder import build_dataset
+    from e5jax.train.loop import train
+
+    with open(tmp_path / "ft.jsonl", "w") as f:
+        for r in debian_decoder_records(3000, instruction="Find the package"):
+            f.write(json.dumps(r) + "\n")
+    build_dataset([tmp_path / "ft.jsonl"], data_dir=tmp_path / "tfds", name="debian_decoder", kind="finetune",
+                  heldout_fraction=0.1)
+    cfg = load_config("configs/tiny_decoder_finetune.py", [
+        f"data.data_dir={tmp_path / 'tfds'}", "data.name=debian_decoder", f"model.tokenizer={decoder_tokenizer}",
+        "data.num_buckets=1", "train.steps=100", "train.eval_batches=4", "train.checkpoint_every=100000",
+        "train.log_every=1000"])
+    graphdef, state = create_state(cfg, ax.make_mesh(cfg.mesh))  # train()'s starting model (same seed)
+    start = _heldout_accuracy(cfg, state, graphdef)
+    end = train(cfg, str(tmp_path / "work"), log=lambda s: None)["heldout_accuracy"]
+    print(f"held-out in-batch accuracy: start {start:.3f}, after 100 steps {end:.3f}")
+    assert start < 0.15 and end > start + 0.15 and end > 2.5 * start
