@@ -1,6 +1,6 @@
 """Corpus-scale embedding (`e5jax embed --output-dir`): sharded, resumable, multi-process.
 
-    input (BEIR corpus.jsonl | JSONL | text) ──scan: lines + sha256──▶ plan.json
+    input (BEIR corpus.jsonl | JSONL | text | a pair dataset's split) ──scan: lines + hash──▶ plan.json
     lines, in shards of --shard-size ──encode──▶ shard-NNNNN.npy + shard-NNNNN.json
     all shards present ──▶ manifest.json (written last, by process 0)
 
@@ -30,7 +30,12 @@ Rules (each one a choice; the why is next to it):
   ([line, id or null, reason]); the manifest and the log give the count and
   the first few.
 - Ids: BEIR `_id`, or --id-field of a JSONL; otherwise the 1-based line number
-  (the same numbering the bad-line reports use). Always strings.
+  (the same numbering the bad-line reports use); for a pair dataset (`e5jax
+  build` output) the 0-based record index, which is how the filter names its
+  pool passages (`e5jax filter --pool-embeddings`). Always strings.
+- Readers: `load_embedded` (all rows, e.g. `e5jax eval --corpus-embeddings`)
+  and `take` (rows for some ids, memory-mapped shard by shard); both check the
+  manifest's model, prefix and max length against the caller's first.
 - Multi-process (a pod): shard k is embedded by process k % process_count on
   that process's *own* devices (`jax.local_devices()`). Shards are independent,
   so there is nothing to reduce across hosts: a global mesh would only make

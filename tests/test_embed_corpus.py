@@ -72,7 +72,7 @@ def _embed_cmd(model, corpus, out, *extra):
             "--output-dir", str(out), "--shard-size", "8", *ARGS, *extra]
 
 
-def test_killed_and_restarted_equals_uninterrupted(tiny_model, corpus, reference, tmp_path, capsys):
+def test_killed_and_restarted_equals_uninterrupted(tiny_model, corpus, reference, tmp_path, capsys, minilm_dir):
     out = tmp_path / "emb"
     # SIGKILL while shard 1's .json is half written (its .npy is in place): shard 0 is
     # finished, shard 1 half made (the worst moment: a matrix without its ids).
@@ -86,18 +86,28 @@ def test_killed_and_restarted_equals_uninterrupted(tiny_model, corpus, reference
     assert [p.name for p in out.glob(".shard-00001.json.*.tmp")]
     first = (out / "shard-00000.npy").stat()
 
-    argv = ["embed", "--model", str(tiny_model), "--input", str(corpus), "--output-dir", str(out),
-            "--shard-size", "8"]
+    def argv(model=tiny_model, inp=corpus, args=ARGS):
+        return ["embed", "--model", str(model), "--input", str(inp), "--output-dir", str(out), "--shard-size", "8",
+                *args]
+
     # a resume with other settings is refused in one line naming the flag; nothing is touched
-    for extra, flag in ((["--max-length", "64", "--batch-size", "8", "--prefix", "query: "], "--prefix"),
-                        (ARGS[:2] + ["--batch-size", "4"] + ARGS[4:], "--batch-size")):
+    other = tmp_path / "other" / "corpus.jsonl"
+    other.parent.mkdir()
+    other.write_text(corpus.read_text().replace("game", "gamE"))
+    for bad, flag in ((argv(args=["--max-length", "64", "--batch-size", "8", "--prefix", "query: "]), "--prefix"),
+                      (argv(args=ARGS[:2] + ["--batch-size", "4"] + ARGS[4:]), "--batch-size"),
+                      (argv(model=minilm_dir), "--model"), (argv(inp=other), "--input")):
         capsys.readouterr()
-        assert main(argv + extra) == 2
+        assert main(bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and flag in err[0] and "--output-dir" in err[0], err
     assert set(files(out)) == left
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("keep me")  # a folder that is not ours is refused too
+    assert main(argv()[:6] + [str(tmp_path / "notes")] + argv()[7:]) == 2
+    assert "not empty" in capsys.readouterr().err and set(files(tmp_path / "notes")) == {"keep.txt"}
 
-    assert main(argv + ARGS) == 0
+    assert main(argv()) == 0
     got, want = files(out), files(reference)
     assert got.keys() == want.keys()
     for name in want:

@@ -4,10 +4,11 @@
     e5jax embed --model DIR --input DATA/scifact/corpus.jsonl --output-dir emb/scifact \
         --prefix "passage: " [--shard-size 50000] [--coordinator H:P --num-processes N --process-id I]
 
---output-dir is the corpus-scale form (`e5jax.embed`): BEIR corpus.jsonl, JSONL
-or text in; .npy shards + ids + manifest.json out, resumable after a kill (run
-the same command again), one slice of the shards per process on a pod; bad
-input lines are skipped and listed. `e5jax eval --corpus-embeddings` reads it.
+--output-dir is the corpus-scale form (`e5jax.embed`): BEIR corpus.jsonl, JSONL,
+text, or a pair dataset's passages (--input-format pairs) in; .npy shards + ids +
+manifest.json out, resumable after a kill (run the same command again), one
+slice of the shards per process on a pod; bad input lines are skipped and
+listed. `e5jax eval --corpus-embeddings` and `e5jax filter --pool-embeddings` read it.
 """
 
 from __future__ import annotations

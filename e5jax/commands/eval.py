@@ -2,10 +2,13 @@
 
     e5jax eval --model DIR --beir DATA/scifact --beir DATA/nfcorpus \
         --output results.json [--split test] [--query-prefix "query: "] \
-        [--passage-prefix "passage: "] [--max-length 512] [--cache-dir DIR]
+        [--passage-prefix "passage: "] [--max-length 512] [--cache-dir DIR] \
+        [--corpus-embeddings EMB/scifact --corpus-embeddings EMB/nfcorpus]
 
 Prints a table (values x100) and writes JSON: settings, per-dataset metrics,
-their average, and per-query values.
+their average, and per-query values. --corpus-embeddings reads each corpus from
+an `e5jax embed --output-dir` folder (same model, passage prefix, max length)
+instead of encoding it.
 """
 
 from __future__ import annotations
