@@ -107,11 +107,12 @@ def _texts(seed: int, lengths) -> list[list[int]]:
     return [list(map(int, rng.integers(3, VOCAB, size=n))) for n in lengths]
 
 
-def _padded(texts, L):
+def _padded(texts, L, left=False):
     ids = np.zeros((len(texts), L), np.int32)
     mask = np.zeros((len(texts), L), np.int32)
     for i, t in enumerate(texts):
-        ids[i, :len(t)], mask[i, :len(t)] = t, 1
+        where = slice(L - len(t), L) if left else slice(0, len(t))
+        ids[i, where], mask[i, where] = t, 1
     return ids, mask
 
 
@@ -159,19 +160,23 @@ def _packed_forward(model, texts_per_group):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padded_batch_matches_torch(families, family):
     f = families(family)
-    texts = _texts(1, (16, 11, 6, 1))  # right-padded to 16; longer than every sliding window
-    ids, mask = _padded(texts, 16)
-    want = f.torch_hidden(ids, mask)
-    hidden, last, mean = map(np.asarray, _padded_forward(f.model)(ids, mask))
-    real = mask.astype(bool)
-    np.testing.assert_allclose(hidden[real], want[real], atol=1e-4, rtol=0)
-    assert np.abs(want[real]).max() > 0.5  # hidden states of real size (the comparison is not vacuous)
-    lengths = mask.sum(1)
-    want_last = want[np.arange(len(texts)), lengths - 1]
-    want_mean = (want * mask[..., None]).sum(1) / lengths[:, None]
-    assert _cos(last, want_last).min() >= 0.99999
-    assert _cos(mean, want_mean).min() >= 0.99999
-    np.testing.assert_allclose(np.linalg.norm(last, axis=-1), 1.0, atol=1e-5)
+    texts = _texts(1, (16, 11, 6, 1))  # padded to 16; longer than every sliding window
+    run = _padded_forward(f.model)
+    # Right padding, then left padding (same shapes, no new compile): transformers numbers the
+    # positions 0..L-1 either way, and the last real token is the text's last, wherever it sits.
+    for left in (False, True):
+        ids, mask = _padded(texts, 16, left=left)
+        want = f.torch_hidden(ids, mask)
+        hidden, last, mean = map(np.asarray, run(ids, mask))
+        real = mask.astype(bool)
+        np.testing.assert_allclose(hidden[real], want[real], atol=1e-4, rtol=0)
+        assert np.abs(want[real]).max() > 0.5  # hidden states of real size (the comparison is not vacuous)
+        lengths = mask.sum(1)
+        want_last = want[np.arange(len(texts)), 15 - np.argmax(mask[:, ::-1], axis=1)]
+        want_mean = (want * mask[..., None]).sum(1) / lengths[:, None]
+        assert _cos(last, want_last).min() >= 0.99999
+        assert _cos(mean, want_mean).min() >= 0.99999
+        np.testing.assert_allclose(np.linalg.norm(last, axis=-1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
