@@ -101,7 +101,8 @@ class InputSpec:
 
 def input_spec(path: str | os.PathLike, fmt: str = "auto", text_field: str | None = None,
                id_field: str | None = None, name: str | None = None, split: str = "train") -> InputSpec:
-    """The input and how to read it; `auto`: a file named corpus.jsonl is BEIR, a
+    """The input and how to read it; `auto`: a file named corpus.jsonl, or JSONL whose
+    first record has `_id` and `text` (no --text-field / --id-field given), is BEIR; a
     .jsonl / .ndjson file or one whose first line starts with '{' is JSONL, else text.
     `pairs`: the `split` of the pair dataset `name` in the TFDS data dir `path`
     (what `e5jax build` writes), ids = record index (0-based, what the filter uses)."""
@@ -121,13 +122,20 @@ def input_spec(path: str | os.PathLike, fmt: str = "auto", text_field: str | Non
     if not p.is_file():
         raise E5Error(f"--input {path}: file not found")
     if fmt == "auto":
+        with open(p, "rb") as f:
+            first = f.readline().strip()
         if p.name == "corpus.jsonl":
             fmt = "beir"
-        elif p.suffix in (".jsonl", ".ndjson"):
+        elif p.suffix in (".jsonl", ".ndjson") or first.startswith(b"{"):
             fmt = "jsonl"
+            try:  # BEIR records under another file name: `_id` + `text` (+ `title`, joined as BEIR does)
+                rec = json.loads(first)
+                if text_field is None and id_field is None and isinstance(rec, dict) and {"_id", "text"} <= set(rec):
+                    fmt = "beir"
+            except json.JSONDecodeError:
+                pass
         else:
-            with open(p, "rb") as f:
-                fmt = "jsonl" if f.readline().lstrip().startswith(b"{") else "text"
+            fmt = "text"
     if fmt not in ("beir", "jsonl", "text"):
         raise E5Error(f"--input-format must be auto, beir, jsonl or text, got {fmt!r}")
     if fmt == "beir":

@@ -168,6 +168,28 @@ def test_bad_lines_counted_listed_and_reported(reference, corpus, tiny_model, tm
     assert re.search(r"40(\.0)?/40(\.0)? \[\d\d:\d\d<\d\d:\d\d, +[\d.]+text/s\]", cap.err), cap.err  # progress
 
 
+def test_jsonl_and_text_inputs(tiny_model, reference, tmp_path):
+    """Generic JSONL (--text-field / --id-field) and plain text (ids = line numbers) give
+    the BEIR run's rows for the same documents (title and text joined by hand here)."""
+    from e5jax import embed
+
+    ref = embed.load_embedded(reference, flag="ref")
+    docs = [json.loads(x) for x in (FIXTURE / "corpus.jsonl").read_text().splitlines()[:35]]
+    joined = [f"{d['title']} {d['text']}".strip() for d in docs]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"key": d["_id"], "body": t}) + "\n"
+                                               for d, t in zip(docs, joined)) + '{"key": "nobody"}\n')
+    (tmp_path / "in.txt").write_text("\n".join(joined[:3] + ["", *joined[3:]]) + "\n")
+    for name, extra, ids, bad in (
+            ("in.jsonl", ["--text-field", "body", "--id-field", "key"], ref.ids, [[36, "nobody", "missing text field 'body'"]]),
+            ("in.txt", [], [str(n) for n in range(1, 37) if n != 4], [[4, "4", "empty text"]])):
+        out = tmp_path / f"emb-{name}"
+        assert main(["embed", "--model", str(tiny_model), "--input", str(tmp_path / name), "--output-dir", str(out),
+                     "--shard-size", "40", *extra, *ARGS]) == 0
+        got = embed.load_embedded(out, flag="got")
+        assert got.ids == ids and got.bad == bad, name
+        np.testing.assert_allclose(got.emb, ref.emb, atol=1e-6, err_msg=name)
+
+
 def test_eval_with_corpus_embeddings_equals_encoding(tiny_model, tmp_path, capsys, minilm_dir, monkeypatch):
     emb = tmp_path / "emb"
     assert main(["embed", "--model", str(tiny_model), "--input", str(FIXTURE / "corpus.jsonl"),

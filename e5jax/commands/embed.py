@@ -28,8 +28,8 @@ def add_arguments(p):
     p.add_argument("--output-dir", default=None,
                    help="corpus scale: a folder of .npy shards + ids + manifest.json, resumable (instead of --output)")
     p.add_argument("--input-format", default="auto", choices=["auto", "beir", "jsonl", "text", "pairs"],
-                   help="--output-dir input: auto = BEIR for corpus.jsonl, JSONL for .jsonl or a first line "
-                        "starting with '{', else text (one a line); pairs = --input is a TFDS data dir, "
+                   help="--output-dir input: auto = BEIR for corpus.jsonl or records with _id and text, JSONL for "
+                        ".jsonl or a first line starting with '{', else text (one a line); pairs = --input is a TFDS data dir, "
                         "--name a pair dataset in it (the filter's --pool-embeddings)")
     p.add_argument("--name", default=None, help="--input-format pairs: the pair dataset")
     p.add_argument("--split", default="train", help="--input-format pairs: its split (default train)")
