@@ -72,6 +72,7 @@ def _embed_cmd(model, corpus, out, *extra):
             "--output-dir", str(out), "--shard-size", "8", *ARGS, *extra]
 
 
+@pytest.mark.slow
 def test_killed_and_restarted_equals_uninterrupted(tiny_model, corpus, reference, tmp_path, capsys, minilm_dir):
     out = tmp_path / "emb"
     # SIGKILL while shard 1's .json is half written (its .npy is in place): shard 0 is
@@ -123,6 +124,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tiny_model, corpus, reference, tmp_path):
     out, port = tmp_path / "emb", _free_port()
     procs = [subprocess.Popen(_embed_cmd(tiny_model, corpus, out, "--coordinator", f"127.0.0.1:{port}",
