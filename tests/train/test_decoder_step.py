@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -186,3 +187,13 @@ def test_tiny_decoder_preset_learns_on_real_pairs(decoder_tokenizer, tmp_path):
     end = train(cfg, str(tmp_path / "work"), log=lambda s: None)["heldout_accuracy"]
     print(f"held-out in-batch accuracy: start {start:.3f}, after 100 steps {end:.3f}")
     assert start < 0.15 and end > start + 0.15 and end > 2.5 * start
+    # The checkpoint holds the trained adapters (and the frozen base): restored, the model
+    # scores the held-out batches as the run's own final evaluation did.
+    from e5jax.loading import restore_workdir
+    from e5jax.model.decoder import DecoderTextEncoder
+
+    model, _, saved = restore_workdir(str(tmp_path / "work"), mesh=ax.make_mesh(cfg.mesh))
+    assert isinstance(model, DecoderTextEncoder) and saved.model.lora_rank == cfg.model.lora_rank
+    assert all(v[...].any() for p, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)) if p[-1] == "lora_b")
+    restored = nnx.split((model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.LoRAParam)))
+    np.testing.assert_allclose(_heldout_accuracy(cfg, restored[1], restored[0]), end, atol=1e-6)
