@@ -343,6 +343,28 @@ class LoraSpec:
         return (self.alpha or self.rank) / self.rank if self.rank else 0.0
 
 
+class KeyStream:
+    """Stands in for an `nnx.Rngs` inside one layer: `params()` hands out keys split up front.
+
+    Why: each draw from an `nnx.Rngs` updates its counter Variable, and under `nnx.eval_shape`
+    (how a sharded model is planned, `encoder.build_sharded`) that update scans the whole trace
+    so far (flax 0.12 / jax 0.10 build an error message for `getattr(tracer, "sharding")`), so
+    planning time grows with the square of the draws: Mistral-7B with LoRA on its 7 projections
+    (672 draws) took 25 s to plan on a 2-core CPU. Here a layer draws once from the model's Rngs.
+    `nnx.LoRA` only calls `rngs.params()`, so it takes this as its `rngs`.
+    """
+
+    def __init__(self, key: jax.Array, n: int):
+        self._keys = jax.random.split(key, n)
+        self._next = 0
+
+    def params(self) -> jax.Array:
+        if self._next == len(self._keys):
+            raise RuntimeError("KeyStream exhausted: a layer drew more keys than it split")
+        self._next += 1
+        return self._keys[self._next - 1]
+
+
 class Proj(nnx.Module):
     """y = x W (+ b) (+ LoRA). W stored [in, out] (HF stores [out, in]; hf_decoder.py transposes).
 
@@ -352,7 +374,7 @@ class Proj(nnx.Module):
     """
 
     def __init__(self, din: int, dout: int, axes: tuple[str, str], *, bias: bool, std: float,
-                 lora: LoraSpec | None, dtype: jnp.dtype, rngs: nnx.Rngs):
+                 lora: LoraSpec | None, dtype: jnp.dtype, rngs: KeyStream):
         self.kernel = nnx.Param(jax.random.normal(rngs.params(), (din, dout), jnp.float32) * std, axes=axes)
         self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32), axes=(axes[1],)) if bias else None
         # One assignment each: nnx fixes an attribute's pytree status (data / static) at the first.
@@ -390,7 +412,7 @@ def _lora_for(spec: LoraSpec | None, name: str) -> LoraSpec | None:
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: DecoderConfig, lora: LoraSpec | None, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: DecoderConfig, lora: LoraSpec | None, dtype, *, rngs: KeyStream):
         H, d, std = cfg.hidden_size, cfg.head_dim, cfg.initializer_range
         nq, nkv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
         mk = lambda name, din, dout, axes, bias: Proj(  # noqa: E731
@@ -433,7 +455,7 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: DecoderConfig, lora: LoraSpec | None, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: DecoderConfig, lora: LoraSpec | None, dtype, *, rngs: KeyStream):
         H, I, std = cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range
         mk = lambda name, din, dout, axes: Proj(  # noqa: E731
             din, dout, axes, bias=cfg.mlp_bias, std=std, lora=_lora_for(lora, name), dtype=dtype, rngs=rngs)
@@ -455,6 +477,7 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: DecoderConfig, index: int, lora: LoraSpec | None, dtype, *, rngs: nnx.Rngs):
         self.site = 1 + 8 * index  # dropout sites: attention probs, 4 attention adapters, 3 MLP adapters
         self.sliding = cfg.layer_types[index] == SLIDING
+        rngs = KeyStream(rngs.params(), 3 * len(LORA_TARGETS))  # a kernel, LoRA's A and B per projection
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = Attention(cfg, lora, dtype, rngs=rngs)
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

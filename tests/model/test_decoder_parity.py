@@ -433,14 +433,14 @@ def test_lora_adapters_are_nnx_lora_with_axes():
 
 
 def test_mistral_7b_shards_over_fsdp_and_tensor():
-    """Mistral-7B's widths (abstract, nothing allocated; 2 of its 32 identical layers, to plan
-    fast) on a 4 x 16 x 4 (data, fsdp, tensor) mesh: every base weight matrix is split over
-    both, each adapter matrix over one, so each device holds 1/64 of the base model."""
+    """Mistral-7B's config (abstract, nothing allocated; planned in ~2 s, see decoder.KeyStream)
+    on a 4 x 16 x 4 (data, fsdp, tensor) mesh: every base weight matrix is split over both, each
+    adapter matrix over one, so each device holds 1/64 of the base model."""
     import math
 
     from jax.sharding import AbstractMesh
 
-    cfg = dec.DecoderConfig.from_hf(json.loads(transformers.MistralConfig(num_hidden_layers=2).to_json_string()))
+    cfg = dec.DecoderConfig.from_hf(json.loads(transformers.MistralConfig().to_json_string()))
     mesh = AbstractMesh((4, 16, 4), ("data", "fsdp", "tensor"))
     state = nnx.state(nnx.eval_shape(lambda: dec.DecoderTextEncoder(cfg, lora_rank=16, rngs=nnx.Rngs(0))))
     flat = flatten_state(state)
@@ -457,8 +457,7 @@ def test_mistral_7b_shards_over_fsdp_and_tensor():
             assert "fsdp" in axes_used and "tensor" in axes_used, (k, specs[k])
         total += n
         per_device += n / math.prod(mesh.shape[a] for a in axes_used)
-    per_layer = (total - 32000 * 4096 - 4096) / 2  # 7B = embeddings + 32 layers + final norm (no LM head)
-    assert 7.1e9 < total + 30 * per_layer < 7.2e9 and adapters < total / 100  # LoRA r=16, all 7 projections
+    assert 7.1e9 < total < 7.2e9 and adapters < total / 100  # LoRA r=16 on all 7 projections: 0.6%
     assert per_device < total / 63  # the replicated rest: RMSNorm scales
     assert {k.removeprefix("decoder/"): tuple(v.shape) for k, v in flat.items() if "/lora/" in k} == \
         dec.lora_shapes(cfg, dec.LoraSpec(16))
