@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score-teacher": ("e5jax.commands.score_teacher", "score fine-tuning records with a cross-encoder"),
     "eval": ("e5jax.commands.eval", "BEIR-format retrieval evaluation"),
     "eval-sts": ("e5jax.commands.eval_sts", "STS evaluation (Pearson / Spearman of cosine)"),
-    "embed": ("e5jax.commands.embed", "embed a text / JSONL file into a .npy matrix"),
+    "embed": ("e5jax.commands.embed", "embed texts into a .npy matrix, or a corpus into resumable shards (--output-dir)"),
     "export": ("e5jax.commands.export", "export a checkpoint as a transformers / sentence-transformers folder"),
     "demo": ("e5jax.commands.demo", "the whole recipe end to end on a small real corpus"),
 }

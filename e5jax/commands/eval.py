@@ -21,7 +21,7 @@ from e5jax.paths import check_file, local
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder (HF / sentence-transformers layout)")
+    parser.add_argument("--model", required=True, help="model: an exported folder (HF / sentence-transformers layout) or a training workdir")
     parser.add_argument("--beir", required=True, action="append", metavar="DIR",
                         help="BEIR-format dataset folder; repeat for several")
     parser.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default: test)")

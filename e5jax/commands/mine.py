@@ -25,7 +25,7 @@ from e5jax.errors import E5Error
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--model", help="encoder folder (HF / e5jax export) for dense mining")
+    how.add_argument("--model", help="encoder for dense mining: an exported folder or a training workdir")
     how.add_argument("--bm25", action="store_true", help="mine with BM25 (bm25s) instead of a model")
     parser.add_argument("--queries", required=True, help="BEIR queries.jsonl")
     parser.add_argument("--corpus", required=True, help="BEIR corpus.jsonl")
