@@ -197,3 +197,40 @@ def test_tiny_decoder_preset_learns_on_real_pairs(decoder_tokenizer, tmp_path):
     assert all(v[...].any() for p, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)) if p[-1] == "lora_b")
     restored = nnx.split((model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.LoRAParam)))
     np.testing.assert_allclose(_heldout_accuracy(cfg, restored[1], restored[0]), end, atol=1e-6)
+
+
+# ------------------------------------------------------------------ presets and refusals
+
+
+def test_e5_mistral_preset_has_the_papers_settings():
+    from e5jax.train.state import decoder_config
+
+    cfg = load_config("configs/e5_mistral_7b_finetune.py")
+    m = cfg.model
+    assert (m.family, m.pooling, m.normalize, m.lora_rank, m.lora_alpha, m.remat) == ("decoder", "last", True, 16,
+                                                                                       32.0, True)
+    assert set(m.lora_targets) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert cfg.loss.temperature == 0.02 and cfg.train.batch_size == 2048 and cfg.data.num_hard_negatives == 1
+    assert cfg.data.max_query_length == cfg.data.max_passage_length == 512 and cfg.optim.learning_rate == 1e-4
+    assert cfg.data.query_prefix == cfg.data.passage_prefix == ""  # the instruction lives in the query text
+    assert cfg.train.batch_size % cfg.train.grad_cache_chunk == 0 and cfg.train.steps == 879  # 1.8M / 2048
+    dec = decoder_config(replace(cfg, **{"model.init": ""}))  # from its architecture file
+    assert (dec.model_type, dec.num_hidden_layers, dec.hidden_size, dec.num_key_value_heads, dec.vocab_size) == \
+        ("mistral", 32, 4096, 8, 32000)
+    assert "--topology v5p-64" in open("configs/e5_mistral_7b_finetune.py").read()
+
+
+@pytest.mark.parametrize("preset,sets,needle", [
+    ("tiny_pretrain.py", ["model.pooling=last"], "model.pooling='last' is for decoders"),
+    ("tiny_pretrain.py", ["model.lora_rank=4"], "LoRA is implemented for decoders"),
+    ("tiny_decoder_finetune.py", ["model.pooling=cls"], "decoders pool 'last'"),
+    ("tiny_decoder_finetune.py", ["model.family=gpt"], "model.family must be one of"),
+    ("tiny_decoder_finetune.py", ["model.lora_dropout=1.0"], "model.lora_dropout must be in"),
+])
+def test_decoder_settings_are_refused_in_one_line(preset, sets, needle):
+    from e5jax.errors import E5Error
+    from e5jax.train.state import abstract_state
+
+    with pytest.raises(E5Error, match=needle) as e:
+        abstract_state(load_config(f"configs/{preset}", sets), ax.make_mesh(devices=jax.devices()[:1]))
+    assert "\n" not in str(e.value)
