@@ -22,55 +22,12 @@ import collections
 import glob
 import json
 import os
-import re
 
-# `%name = type opcode(...)`; `ROOT` and the `%` are optional across XLA versions.
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<rest>.*)$")
-_OPCODE = re.compile(r"(?<![\w\-.])(?P<op>[a-z][a-z0-9\-]*)\(")
-_COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s*(?:\(.*\))?\s*->.*\{\s*$")
-_CALLS = re.compile(r"calls=%?(?P<name>[\w.\-]+)")
-_TARGET = re.compile(r'custom_call_target="(?P<t>[^"]+)"')
-_OPNAME = re.compile(r'op_name="(?P<n>[^"]+)"')
+from e5jax.aot.hlo import COLLECTIVES as _KINDS, parse_hlo  # the one HLO-text reader (also e5jax compile's)
 
-COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
-               "all-reduce-start", "all-gather-start", "collective-permute-start"}
+COLLECTIVES = set(_KINDS) | {k + "-start" for k in ("all-reduce", "all-gather", "collective-permute")}
 MOVES = {"copy", "transpose", "bitcast", "parameter", "constant", "broadcast", "reshape", "slice",
          "dynamic-slice", "dynamic-update-slice", "concatenate", "pad", "tuple", "get-tuple-element"}
-
-
-def parse_hlo(text: str) -> dict[str, dict]:
-    """Instruction name -> {opcode, calls, target, op_name}, and computation
-    name -> {"ops": set of opcodes inside}, from compiled HLO text."""
-    instrs: dict[str, dict] = {}
-    comps: dict[str, dict] = {}
-    current = None
-    for line in text.splitlines():
-        m = _COMP.match(line)
-        if m and "=" not in line.split("->")[0].split("(")[0]:
-            current = comps.setdefault(m.group("name"), {"ops": set(), "calls": set()})
-            continue
-        m = _INSTR.match(line)
-        if not m:
-            continue
-        rest = m.group("rest")
-        op = _OPCODE.search(rest)
-        if not op:
-            continue
-        info = {"opcode": op.group("op")}
-        if c := _CALLS.search(rest):
-            info["calls"] = c.group("name")
-        if t := _TARGET.search(rest):
-            info["target"] = t.group("t")
-        if n := _OPNAME.search(rest):
-            info["op_name"] = n.group("n")
-        instrs[m.group("name")] = info
-        if current is not None:
-            current["ops"].add(info["opcode"])
-            if "calls" in info:
-                current["calls"].add(info["calls"])
-            if "target" in info:
-                current["ops"].add("custom-call:" + info["target"])
-    return {"instrs": instrs, "comps": comps}
 
 
 def _ops_within(comps: dict, name: str, seen: set | None = None) -> set[str]:

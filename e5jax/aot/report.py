@@ -2,9 +2,11 @@
 against the model's, the collectives in the program, and a roofline projection.
 
 Collectives are read from `compiled.as_text()` (the TPU HLO after SPMD
-partitioning): each op's result shape gives its bytes, its replica groups the
-number of chips it spans, and the `known_trip_count` of the while loops around
-it (gradient caching's scans) how often it runs per step.
+partitioning, read by `e5jax.aot.hlo`): each op's result shape gives its bytes,
+its replica groups the number of chips it spans, and the trip counts of the
+while loops around it (gradient caching's scans) how often it runs per step.
+The same loop multiplicity gives a loop-aware count of the dots' FLOPs, which
+XLA's cost analysis lacks (it counts a loop body once).
 """
 
 from __future__ import annotations
@@ -13,81 +15,12 @@ import math
 import re
 
 from e5jax.aot.build import Compiled
+from e5jax.aot.hlo import COLLECTIVES, arrays as _arrays, computations as _computations, matmul_flops
+from e5jax.aot.hlo import multiplicity as _multiplicity, nbytes as _nbytes
 
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
-                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 _OP = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.+?) (" + "|".join(COLLECTIVES) + r")(-start)?\(")
-_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
-_CALLEE = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
-_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
-_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-_CONST = re.compile(r"= s32\[\]\S* constant\((\d+)\)")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([\d,]*)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
-
-
-def _arrays(type_str: str) -> list[tuple[str, tuple[int, ...]]]:
-    return [(dt, tuple(int(d) for d in dims.split(",") if d)) for dt, dims in _ARRAY.findall(type_str)
-            if dt in _DTYPE_BYTES]
-
-
-def _nbytes(arrays) -> int:
-    return sum(_DTYPE_BYTES[dt] * math.prod(shape) for dt, shape in arrays)
-
-
-def _computations(hlo: str) -> list[tuple[str, list[str]]]:
-    """(name, instruction lines) per computation, in the order printed (callees first)."""
-    comps, name, body = [], None, []
-    for line in hlo.splitlines():
-        if line and not line[0].isspace() and line.rstrip().endswith("{"):
-            name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
-            body = []
-        elif line.startswith("}") and name is not None:
-            comps.append((name, body))
-            name = None
-        elif name is not None:
-            body.append(line)
-    return comps
-
-
-def _trip_counts(comps) -> dict[str, int]:
-    """condition computation -> its loop's trip count: `i < N` against a constant (jax's scans
-    count from 0 by 1); libtpu's HLO carries no known_trip_count."""
-    out = {}
-    for name, body in comps:
-        consts = [int(m.group(1)) for line in body for m in [_CONST.search(line)] if m]
-        if any("direction=LT" in line for line in body) and len(consts) == 1:
-            out[name] = consts[0]
-    return out
-
-
-def _multiplicity(comps) -> tuple[dict[str, int], list[int]]:
-    """How many times each computation runs per step (while loops' trip counts), and the
-    trip count of every while loop."""
-    mult = {name: 0 for name, _ in comps}
-    if comps:
-        mult[comps[-1][0]] = 1  # ENTRY is printed last
-    trips = _trip_counts(comps)
-    loops = []
-    for name, body in reversed(comps):  # callers before callees
-        m = mult.get(name, 0)
-        if not m:
-            continue
-        for line in body:
-            known = _TRIP.search(line)
-            callees = dict(_CALLEE.findall(line))
-            trip = int(known.group(1)) if known else trips.get(callees.get("condition", ""), 1)
-            if "body" in callees:
-                loops.append(trip)
-            for kind, callee in callees.items():
-                if callee in mult:
-                    mult[callee] += m * (trip if kind == "body" else 1)
-            for branches in _BRANCHES.findall(line):
-                for callee in (b.strip().lstrip("%") for b in branches.split(",")):
-                    if callee in mult:
-                        mult[callee] += m
-    return mult, loops
 
 
 def _group_size(line: str, chips: int) -> int:
@@ -250,7 +183,9 @@ def analyse(c: Compiled, *, steps: int | None = None) -> dict:
     code = mem.generated_code_size_in_bytes
     total = arg + out - alias + temp + code
     cost = _cost(c.compiled)
-    coll = collectives(c.compiled.as_text(), s.chips)
+    text = c.compiled.as_text()
+    coll = collectives(text, s.chips)
+    dots = matmul_flops(text)
     f = flops(c)
     compiled_flops = float(cost.get("flops", 0.0))
     hbm_bytes = float(cost.get("bytes accessed", 0.0))
@@ -268,7 +203,12 @@ def analyse(c: Compiled, *, steps: int | None = None) -> dict:
         "flops": {**f, "compiled_flops_per_chip": compiled_flops, "model_flops_per_chip": model_chip,
                   "expected_flops_per_chip": f["expected_flops"] / s.chips,
                   "compiled_over_expected": compiled_flops / (f["expected_flops"] / s.chips),
-                  "compiled_over_model": compiled_flops / model_chip, "hbm_bytes_accessed": hbm_bytes},
+                  "compiled_over_model": compiled_flops / model_chip, "hbm_bytes_accessed": hbm_bytes,
+                  # dots and convolutions, each times the runs of its computation per step
+                  "loop_aware_flops_per_chip": float(dots["flops"]),
+                  "loop_aware_once_flops_per_chip": float(dots["flops_once"]),
+                  "loop_aware_over_expected": dots["flops"] / (f["expected_flops"] / s.chips),
+                  "loop_aware_over_model": dots["flops"] / model_chip},
         "collectives": coll["by_kind"],
         "collective_arrays": coll["arrays"],
         "while_loops": coll["loops"],
@@ -284,16 +224,19 @@ def roofline(r: dict, chip, steps: int) -> dict:
     """Step time bounds per chip: FLOPs at the bf16 peak, HBM bytes at its bandwidth, ring
     traffic of the collectives at the ICI bandwidth of one torus axis (both directions), all
     overlapped (the step takes the longest). XLA's cost analysis counts a while loop's body
-    once: where the step has loops (gradient caching's scans), FLOPs are the by-design count
-    and HBM bytes are scaled by the same factor (an estimate, flagged `estimated`)."""
+    once: where the step has loops (gradient caching's scans), FLOPs are the loop-aware count of
+    the program's dots and convolutions (`hlo.matmul_flops`; elementwise work left out), and
+    HBM bytes, which only XLA counts, are scaled by the loops' factor on those dots (loop-aware
+    over each-op-once): an estimate, flagged `estimated`."""
     f = r["flops"]
     compiled, bytes_ = f["compiled_flops_per_chip"], f["hbm_bytes_accessed"]
-    estimated = bool(r["while_loops"]) and f["expected_flops_per_chip"] > compiled
-    scale = f["expected_flops_per_chip"] / compiled if estimated else 1.0
+    loop_aware, once = f.get("loop_aware_flops_per_chip", 0.0), f.get("loop_aware_once_flops_per_chip", 0.0)
+    estimated = bool(r["while_loops"]) and loop_aware > once > 0
+    scale = loop_aware / once if estimated else 1.0
     traffic = sum(k["traffic_bytes"] for k in r["collectives"].values())
     ring_bw = chip.ici_bw * 2 / chip.ici_ports
-    times = {"compute_s": compiled * scale / chip.peak_flops, "hbm_s": bytes_ * scale / chip.hbm_bw,
-             "ici_s": traffic / ring_bw}
+    times = {"compute_s": (loop_aware if estimated else compiled) / chip.peak_flops,
+             "hbm_s": bytes_ * scale / chip.hbm_bw, "ici_s": traffic / ring_bw}
     step_s = max(times.values())
     return {**times, "step_s": step_s, "bound": max(times, key=times.get)[:-2], "estimated": estimated,
             "loop_scale": scale, "steps": steps, "run_s": step_s * steps,
@@ -324,6 +267,9 @@ def format_report(r: dict) -> str:
         f"compiled/design {f['compiled_over_expected']:.3f}, compiled/model {f['compiled_over_model']:.3f}"
         + (f" (XLA's cost analysis counts the body of each of the {len(r['while_loops'])} while loops once; "
            f"trip counts {r['while_loops']})" if r["while_loops"] else ""),
+        f"compiled FLOPs, loop-aware (dots): {f['loop_aware_flops_per_chip']:.3e} per chip "
+        f"(each op once: {f['loop_aware_once_flops_per_chip']:.3e}); loop-aware/design "
+        f"{f['loop_aware_over_expected']:.3f}, loop-aware/model {f['loop_aware_over_model']:.3f}",
         "collectives per step (ops in program / executions / bytes): " + "; ".join(
             f"{k} {v['ops']}/{v['executions']}/{_gib(v['bytes'])}" for k, v in r["collectives"].items() if v["ops"]),
         "logits [batch x candidates] moved by a collective: "
@@ -332,7 +278,8 @@ def format_report(r: dict) -> str:
         f"roofline per step: compute {_dur(ro['compute_s'])}, HBM {_dur(ro['hbm_s'])}, ICI {_dur(ro['ici_s'])} "
         f"-> {_dur(ro['step_s'])} ({ro['bound']}-bound); {ro['steps']:,} steps {_dur(ro['run_s'])}; "
         f"MFU bound {ro['mfu_bound']:.1%}"
-        + (f" (loops: FLOPs by design, HBM bytes x{ro['loop_scale']:.2f}, estimated)" if ro["estimated"] else ""),
+        + (f" (loops: FLOPs loop-aware (dots), HBM bytes x{ro['loop_scale']:.2f}, estimated)"
+           if ro["estimated"] else ""),
     ]
     return "\n".join(lines)
 
