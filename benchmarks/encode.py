@@ -24,7 +24,7 @@ import argparse
 import os
 import time
 
-from common import FLOP_FORMULA, machine_note, matmul_peak, median, model_dir, model_flops, passages, print_peak
+from common import FLOP_FORMULA, load_average, machine_note, matmul_peak, median, model_dir, model_flops, passages, print_peak
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
 
@@ -104,11 +104,13 @@ def main() -> int:
         embeddings[name] = np.asarray(run(), np.float32)
         compile_s[name] = time.perf_counter() - t0
     times = {name: [] for name in engines}
-    for _ in range(args.repeat):
+    for i in range(args.repeat):
         for name, run in engines.items():
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
+            print(f"  round {i + 1}: {name:30s} {args.n / times[name][-1]:8.1f} passages/s "
+                  f"(load average {load_average()})", flush=True)
 
     # ------------------------------------------------ work done
     enc = encoders["float32"]

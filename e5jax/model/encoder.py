@@ -316,7 +316,7 @@ class Encoder:
         self.mesh = mesh
         self.max_length = min(max_length or 512, model.bert.cfg.max_length)
         self._graphdef, state = nnx.split(model)
-        self._state = _compute_dtype_kernels(state, model.bert.dtype)
+        self._state = _compute_dtype_kernels(state, getattr(model.bert, "dtype", jnp.float32))
         graphdef = self._graphdef
 
         @jax.jit
