@@ -94,3 +94,23 @@ def test_conv_flops_counts_only_real_taps_of_a_base_dilated_window():
     # edge outputs lose one tap each.
     rest = "window={size=3 pad=1_1}, dim_labels=b0f_0io->b0f"
     assert conv_flops((1, 10, 1), (1, 10, 1), (3, 1, 1), rest) == 2 * (10 * 3 - 2)
+
+
+# Parameters of the tiny model (configs/tiny_bert.json: 2 layers, H 64, I 128, 128 positions) by shape.
+TINY_PARAMS = {(64, 64): 8, (64, 128): 2, (128, 64): 2 + 1, (30522, 64): 1}
+
+
+@needs_libtpu
+def test_gradient_caching_gathers_each_parameter_once_per_step(tmp_path_factory):
+    """With fsdp, the parameters are gathered once before gradient caching's loops
+    (step._gathered), not again for every chunk in pass 1, pass 2's forward and its backward:
+    no parameter-shaped array is all-gathered more often than there are such parameters."""
+    r = _report(tmp_path_factory, "v4-8", CACHED + ["mesh.fsdp=2"])
+    assert r["mesh"]["fsdp"] == 2 and r["while_loops"] == [3, 3]
+    gathered = {}
+    for a in r["collective_arrays"]:
+        if a["op"] == "all-gather" and tuple(a["shape"]) in TINY_PARAMS:
+            gathered[tuple(a["shape"])] = gathered.get(tuple(a["shape"]), 0) + a["executions"]
+    assert gathered, r["collective_arrays"]  # the weights are sharded: they are gathered somewhere
+    for shape, n in gathered.items():
+        assert n <= TINY_PARAMS[shape], (shape, n, r["collective_arrays"])
