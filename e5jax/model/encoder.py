@@ -228,7 +228,8 @@ def encode_lengths(max_length: int, shapes: int = 8) -> tuple[int, ...]:
     Evenly spaced rather than powers of two on purpose: a batch of sorted texts
     is padded to at most one step past its longest text. On 2,000 Debian
     passages at max length 128 (step 16) that computes 12% more FLOPs than the
-    real tokens need; powers of two computed 33% more (benchmarks/encode.py).
+    real tokens need; powers of two computed 33% more (measured with an earlier
+    benchmarks/encode.py). Used by the padded path, `encode(packed=False)`.
     """
     return bucket_lengths(max_length, shapes)
 
@@ -367,7 +368,8 @@ class Encoder:
         `packed` (default): texts are packed into rows of up to `max_length`
         tokens as training packs them (`e5jax.data.packing`: first-fit, attention
         block-diagonal, pooling per text), so padding is not computed; a call
-        holds about `batch_size` rows' worth of tokens. `packed=False`: one text
+        holds about `batch_size` rows' worth of tokens (on a CPU at most
+        `CPU_TOKENS_PER_CALL` per device). `packed=False`: one text
         per row, `batch_size` rows padded to a few bucket lengths (the plain
         reference the packed path is tested against). Both sort texts by length
         and compile a handful of shapes over a long run.
