@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="BEIR-format dataset folder; repeat for several")
     parser.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default: test)")
     parser.add_argument("--query-prefix", default="query: ", help='prepended to queries (default "query: ")')
-    parser.add_argument("--passage-prefix", default="passage: ", help='prepended to documents (default "passage: ")')
+    parser.add_argument("--passage-prefix", default=None,
+                        help='prepended to documents (default "passage: "; "" with --query-instruction)')
+    parser.add_argument("--query-instruction", default="", metavar="TASK",
+                        help='decoder embedders (E5-mistral): queries become "Instruct: TASK\\nQuery: {query}" '
+                             "(replaces --query-prefix), documents get no prefix")
     parser.add_argument("--max-length", type=int, default=512, help="max tokens per text (default 512)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
     parser.add_argument("--top-k", type=int, default=1000, help="documents retrieved per query (default 1000)")
@@ -37,9 +41,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="write the results to this JSON file")
 
 
+def resolve_prefixes(args: argparse.Namespace) -> None:
+    """--query-instruction sets the query prefix to the E5-mistral template; documents then get
+    none unless --passage-prefix is given."""
+    if args.query_instruction:
+        from e5jax.decoder_export import query_prompt
+
+        args.query_prefix = query_prompt(args.query_instruction)
+        args.passage_prefix = "" if args.passage_prefix is None else args.passage_prefix
+    elif args.passage_prefix is None:
+        args.passage_prefix = "passage: "
+
+
 def run(args: argparse.Namespace) -> int:
     from e5jax.eval import beir
     from e5jax.loading import load
+
+    resolve_prefixes(args)
 
     if args.max_length < 2 or args.batch_size < 1 or args.top_k < 1:
         raise E5Error("--max-length must be >= 2, --batch-size and --top-k >= 1")

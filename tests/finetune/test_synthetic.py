@@ -67,3 +67,19 @@ def test_list_of_negatives_and_ids():
     stats = Stats()
     (rec,) = synthetic.convert_synthetic(items, None, 0, stats)
     assert rec["id"] == "synthetic-x7" and rec["negatives"] == ["n1", "n2"] and stats["duplicate_negatives"] == 1
+
+
+def test_eval_query_instruction_gives_the_papers_prompts():
+    import argparse
+
+    from e5jax.commands import eval as eval_cmd
+
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    base = ["--model", "m", "--beir", "b", "--output", "o.json"]
+    args = parser.parse_args(base + ["--query-instruction", "Retrieve answers"])
+    eval_cmd.resolve_prefixes(args)
+    assert (args.query_prefix, args.passage_prefix) == ("Instruct: Retrieve answers\nQuery: ", "")
+    args = parser.parse_args(base)  # without it: E5's prefixes, as before
+    eval_cmd.resolve_prefixes(args)
+    assert (args.query_prefix, args.passage_prefix) == ("query: ", "passage: ")
