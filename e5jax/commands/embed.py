@@ -40,6 +40,9 @@ def add_arguments(p):
     p.add_argument("--num-processes", type=int, default=0, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=-1, help="multi-host: this process's id")
     p.add_argument("--prefix", default="", help='prepended to every text, e.g. "query: "')
+    p.add_argument("--query-instruction", default="", metavar="TASK",
+                   help='decoder embedders (E5-mistral): the texts are queries, prefixed with '
+                        '"Instruct: TASK\\nQuery: " (replaces --prefix)')
     p.add_argument("--max-length", type=int, default=512, help="tokens, prefix included")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
@@ -85,6 +88,10 @@ def run(args) -> int:
 
     if args.max_length < 2 or args.batch_size < 1:
         raise E5Error(f"--max-length must be >= 2, --batch-size >= 1; got {args.max_length} and {args.batch_size}")
+    if args.query_instruction:  # before either path (one file or a corpus) reads args.prefix
+        from e5jax.decoder_export import query_prompt
+
+        args.prefix = query_prompt(args.query_instruction)
     if (args.output is None) == (args.output_dir is None):
         raise E5Error("give one of --output FILE.npy (one matrix) or --output-dir DIR (sharded, resumable)")
     if args.output_dir is not None:

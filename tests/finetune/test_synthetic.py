@@ -83,3 +83,19 @@ def test_eval_query_instruction_gives_the_papers_prompts():
     args = parser.parse_args(base)  # without it: E5's prefixes, as before
     eval_cmd.resolve_prefixes(args)
     assert (args.query_prefix, args.passage_prefix) == ("query: ", "passage: ")
+
+
+def test_embed_query_instruction_is_the_papers_prefix(tmp_path, minilm_dir):
+    import numpy as np
+
+    texts = tmp_path / "q.txt"
+    texts.write_text("how to resize a partition\nwhich package plays mp3 files\n")
+    outs = []
+    for flags in (["--query-instruction", "Find the package"], ["--prefix", "Instruct: Find the package\nQuery: "],
+                  []):
+        out = tmp_path / f"e{len(outs)}.npy"
+        assert cli.main(["embed", "--model", str(minilm_dir), "--input", str(texts), "--output", str(out),
+                         "--dtype", "float32", *flags]) == 0
+        outs.append(np.load(out))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert not np.allclose(outs[0], outs[2])  # the instruction really went in front of the texts
