@@ -38,8 +38,10 @@ def test_no_caller_reaches_into_train_for_loading():
 def _api(name):
     """The function `e5jax.<name>(...)` runs (for train / export, the submodule calls it)."""
     from e5jax import api, loading
+    from e5jax.model.encoder import Encoder
 
-    return {"train": api.train, "export": api.export, "load": loading.load, "evaluate": api.evaluate}[name]
+    return {"train": api.train, "export": api.export, "load": loading.load, "evaluate": api.evaluate,
+            "Encoder": Encoder}[name]
 
 
 def _examples(obj):
@@ -75,7 +77,7 @@ def trained(tmp_path_factory, minilm_dir):
     return {**globs, "workdir": str(tmp / "run")}
 
 
-@pytest.mark.parametrize("name", ["load", "evaluate", "export"])
+@pytest.mark.parametrize("name", ["load", "evaluate", "export", "Encoder"])
 def test_docstring_example_runs(name, trained, monkeypatch):
     monkeypatch.chdir(ROOT)
     _run(_api(name), dict(trained))
@@ -84,7 +86,7 @@ def test_docstring_example_runs(name, trained, monkeypatch):
 def test_every_public_entry_point_has_an_example():
     from e5jax import api, loading
 
-    for obj in (api.train, api.evaluate, api.export, loading.load):
+    for obj in (api.train, api.evaluate, api.export, loading.load, e5jax.Encoder):
         _examples(obj)
     assert e5jax.train.__call__ and e5jax.load is loading.load and e5jax.evaluate is api.evaluate
 

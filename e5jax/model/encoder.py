@@ -305,8 +305,11 @@ def _fill_group(order, lengths, head: int, tail: int, rows: int, slots: int, P: 
 class Encoder:
     """Embed texts with a pre-trained or e5jax-trained model.
 
-    >>> enc = Encoder.from_pretrained("path/to/folder")
-    >>> enc.encode(["how do I ...?"], prefix="query: ")   # float32 [n, dim]
+    >>> from e5jax import Encoder
+    >>> enc = Encoder.from_pretrained(tokenizer_dir, dtype="float32")  # an HF / export folder
+    >>> emb = enc.encode(["how to resize a partition", "GNU Parted"], prefix="query: ")
+    >>> emb.shape, emb.dtype, [round(float(v), 4) for v in (emb ** 2).sum(-1)]
+    ((2, 384), dtype('float32'), [1.0, 1.0])
     """
 
     def __init__(self, model: TextEncoder, tokenizer, *, name: str = "", mesh: Mesh | None = None,
