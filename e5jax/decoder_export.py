@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from e5jax.errors import E5Error
+from e5jax.paths import local
 
 # The query side of E5-mistral: "Instruct: {task}\nQuery: {query}" (data/finetune/synthetic.py).
 QUERY_PROMPT = "Instruct: {task}\nQuery: "
@@ -113,7 +114,7 @@ def write_peft(model, folder: str | os.PathLike, *, base_model: str = "") -> pat
         "target_modules": targets, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
         "use_dora": False, "modules_to_save": None, "init_lora_weights": True, "inference_mode": True,
     }
-    folder = pathlib.Path(folder)
+    folder = local(folder, "model folder", "a decoder model folder is read and written with local-file APIs")
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))

@@ -96,7 +96,7 @@ class InputSpec:
     def describe(self) -> str:
         if self.fmt == "pairs":
             return f"{self.path}/{self.name}[{self.split}]"
-        return str(pathlib.Path(self.path).resolve())
+        return str(local(self.path, "--input", "the embed input is read with local-file APIs").resolve())
 
 
 def input_spec(path: str | os.PathLike, fmt: str = "auto", text_field: str | None = None,

@@ -21,9 +21,10 @@ ALLOWED = {
     ("paths.py", "local"): "the one sanctioned conversion: it refuses URLs first",
     ("paths.py", "_check_ancestors"): "`given` is the path local() has already accepted",
     ("filter_files.py", "work_dir"): "refuses a URL data dir just above (progress logs need POSIX appends)",
-    ("export.py", "export"): "mkdtemp beside `out`, which check_output passed through local()",
+    ("export.py", "_temporary"): "mkdtemp beside `out`, which check_output passed through local()",
     ("train/state.py", "load_tokenizer"): "`path` passed _local(), which refuses URLs",
     ("train/state.py", "bert_config"): "the argument is _local(...), which refuses URLs",
+    ("train/state.py", "_config_json"): "the argument is _local(...), which refuses URLs",
     ("aot/build.py", "tpu_config"): "asks whether model.init is on this machine; a URL rightly is not (is_dir False)",
 }
 

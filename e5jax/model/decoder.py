@@ -53,6 +53,7 @@ from e5jax.model import fused
 from e5jax.model.axes import constrain
 from e5jax.model.bert import dense_dot, matmul_f32
 from e5jax.model.dropout import TokenNoise, attention_dropout, hidden_dropout, row_seeds
+from e5jax.paths import local
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
@@ -714,9 +715,8 @@ def read_decoder_pooling(folder) -> tuple[str, bool]:
     sentence-transformers Pooling module (`pooling_mode_lasttoken` / `pooling_mode_mean_tokens`),
     else E5-mistral's convention: the last token, normalised."""
     import json
-    import pathlib
 
-    folder = pathlib.Path(folder)
+    folder = local(folder, "model folder", "a decoder model folder is read and written with local-file APIs")
     if (folder / "e5jax.json").is_file():
         meta = json.loads((folder / "e5jax.json").read_text())
         if meta.get("pooling") in POOLINGS:

@@ -20,6 +20,7 @@ import numpy as np
 
 from e5jax.errors import E5Error
 from e5jax.model.decoder import DecoderConfig
+from e5jax.paths import local
 
 # (e5jax path template, HF key template, torch stores it [out, in], present when this config flag is set)
 # "{i}" is the layer index; the flag "" means always.
@@ -92,7 +93,7 @@ def is_decoder_folder(folder) -> bool:
     """Whether a model folder's config.json names a decoder family this module maps."""
     from e5jax.model.decoder import SUPPORTED_MODEL_TYPES
 
-    path = pathlib.Path(folder) / "config.json"
+    path = local(folder, "model folder", "a decoder model folder is read and written with local-file APIs") / "config.json"
     try:
         return json.loads(path.read_text()).get("model_type") in SUPPORTED_MODEL_TYPES
     except (OSError, json.JSONDecodeError):
@@ -100,7 +101,7 @@ def is_decoder_folder(folder) -> bool:
 
 
 def read_config(folder: pathlib.Path) -> tuple[DecoderConfig, dict[str, Any]]:
-    folder = pathlib.Path(folder)
+    folder = local(folder, "model folder", "a decoder model folder is read and written with local-file APIs")
     path = folder / "config.json"
     if not path.is_file():
         raise E5Error(f"{folder} has no config.json; is it a Hugging Face model folder?")
@@ -145,7 +146,7 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def read_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
     """All tensors of `model.safetensors`, or of the shards a `model.safetensors.index.json` lists."""
-    folder = pathlib.Path(folder)
+    folder = local(folder, "model folder", "a decoder model folder is read and written with local-file APIs")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -213,7 +214,7 @@ def save_folder(folder: pathlib.Path, cfg: DecoderConfig, params: dict[str, np.n
     """Write config.json + safetensors (sharded with an index above `max_shard_bytes`, as HF does)."""
     from safetensors.numpy import save_file
 
-    folder = pathlib.Path(folder)
+    folder = local(folder, "model folder", "a decoder model folder is read and written with local-file APIs")
     folder.mkdir(parents=True, exist_ok=True)
     tensors = params_to_hf(cfg, params)
     if dtype not in ("float32", "float16"):  # numpy cannot write bf16 through safetensors.numpy
