@@ -130,25 +130,7 @@ def write_merged(model, tokenizer, folder: pathlib.Path, *, max_seq_length: int,
     cfg = model.cfg
     hf_decoder.save_folder(folder, cfg, merged_params(model))
     tokenizer.save_pretrained(str(folder))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    if model.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir()
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": cfg.hidden_size,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": model.pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_lasttoken": model.pooling == "last",
-        "include_prompt": True,  # the instruction is part of the text the last token summarises
-    }, indent=2))
-    (folder / "sentence_bert_config.json").write_text(json.dumps(
-        {"max_seq_length": min(max_seq_length, cfg.max_length), "do_lower_case": False}, indent=2))
-    (folder / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))
+    from e5jax.export import write_st_modules
+
+    write_st_modules(folder, hidden_size=cfg.hidden_size, pooling=model.pooling, normalize=model.normalize,
+                     max_seq_length=min(max_seq_length, cfg.max_length), prompts=prompts)

@@ -121,28 +121,39 @@ def export(model: TextEncoder, tokenizer, out_dir: str | os.PathLike, *, max_seq
     tokenizer.save_pretrained(str(tmp))
 
     pooling = model.pooling
+    write_st_modules(tmp, hidden_size=cfg.hidden_size, pooling=pooling, normalize=model.normalize,
+                     max_seq_length=min(max_seq_length, cfg.max_length),
+                     prompts=dict(E5_PROMPTS if prompts is None else prompts))
+    (tmp / "e5jax.json").write_text(json.dumps({"pooling": pooling, "normalize": model.normalize}, indent=2))
+    return _into_place(tmp, out)
+
+
+def write_st_modules(folder: pathlib.Path, *, hidden_size: int, pooling: str, normalize: bool,
+                     max_seq_length: int, prompts: dict[str, str]) -> None:
+    """The sentence-transformers files of an export: modules.json (Transformer → Pooling
+    [→ Normalize]), the Pooling config, sentence_bert_config.json and the prompts. One
+    writer for the BERT and the decoder exports, so both load the same way."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
-    if model.normalize:
+    if normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (tmp / "2_Normalize").mkdir()
-    (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
-    (tmp / "1_Pooling").mkdir()
-    (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": cfg.hidden_size,
+        (folder / "2_Normalize").mkdir()
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir()
+    pool = {
+        "word_embedding_dimension": hidden_size,
         "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
-    }, indent=2))
-    (tmp / "sentence_bert_config.json").write_text(json.dumps(
-        {"max_seq_length": min(max_seq_length, cfg.max_length), "do_lower_case": False}, indent=2))
-    (tmp / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": dict(E5_PROMPTS if prompts is None else prompts),
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
-    }, indent=2))
-    (tmp / "e5jax.json").write_text(json.dumps({"pooling": pooling, "normalize": model.normalize}, indent=2))
-    return _into_place(tmp, out)
+    }
+    if pooling == "last":
+        # The instruction is part of the text the last token summarises.
+        pool.update(pooling_mode_lasttoken=True, include_prompt=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=2))

@@ -64,14 +64,20 @@ def expand(cfg: BertConfig, with_pooler: bool) -> list[tuple[str, str, bool]]:
 def read_config(folder: pathlib.Path) -> tuple[BertConfig, dict]:
     if not folder.is_dir():
         raise E5Error(f"model folder not found: {folder}")
+    raw = read_config_json(folder)
+    return BertConfig.from_hf(raw), raw
+
+
+def read_config_json(folder: pathlib.Path) -> dict:
+    """A model folder's config.json, with one-line errors for a missing or broken file
+    (shared by the BERT and decoder loaders)."""
     path = folder / "config.json"
     if not path.is_file():
         raise E5Error(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise E5Error(f"{path} is not valid JSON: {e}") from e
-    return BertConfig.from_hf(raw), raw
 
 
 def read_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:

@@ -102,13 +102,9 @@ def is_decoder_folder(folder) -> bool:
 
 def read_config(folder: pathlib.Path) -> tuple[DecoderConfig, dict[str, Any]]:
     folder = local(folder, "model folder", "a decoder model folder is read and written with local-file APIs")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise E5Error(f"{folder} has no config.json; is it a Hugging Face model folder?")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise E5Error(f"{path} is not valid JSON: {e}") from e
+    from e5jax.model.hf import read_config_json
+
+    raw = read_config_json(folder)
     return DecoderConfig.from_hf(raw), raw
 
 
