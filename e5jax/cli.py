@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from e5jax.errors import E5Error
@@ -54,8 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (E5Error, OSError) as e:  # OSError: a path that is a folder, a file, missing, unwritable...
-        print(f"e5jax {name}: error: {e}", file=sys.stderr)
+        _report(f"e5jax {name}: error: {e}")
         return 2
+
+
+def _report(line: str) -> None:
+    """Write the one-line error in one write(2) call.
+
+    print() writes the text and its newline separately, so a background thread's
+    traceback (orbax's writer, gcsfs's event loop shutting down) could land in
+    between and glue itself onto the error line. One syscall under PIPE_BUF bytes
+    is atomic on a pipe.
+    """
+    sys.stderr.flush()
+    data = (" ".join(line.split("\n")) + "\n").encode("utf-8", "replace")
+    try:
+        os.write(sys.stderr.fileno(), data)
+    except (OSError, ValueError, AttributeError):  # stderr replaced by a non-file (pytest capsys)
+        sys.stderr.write(data.decode("utf-8"))
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
     # ---------------------------------------------------------------- Loop
     from e5jax.data.global_batch import to_global
 
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, resumed_at=start if start else None)
     progress = Progress(cfg.train.steps, start)
     metrics: dict[str, float] = {}
     last_saved = start if start else None
@@ -224,13 +224,16 @@ def train(cfg: Config, workdir: str, *, step_hook: Callable[[int, dict], dict] |
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
                 _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                # Metrics reach a remote workdir before the checkpoint does: once a
+                # checkpoint is visible, the history up to it is too (a kill in
+                # between loses nothing that resume does not repeat).
+                writer.sync()
                 try:
                     ckpt.save(mngr, step, state, train_it)
                 except E5Error as e:
                     where = f"step {last_saved}" if last_saved else "none"
                     raise E5Error(f"{e}; last good checkpoint: {where}") from e
                 last_saved = step
-                writer.sync()  # a remote workdir's metrics.jsonl catches up with each checkpoint
 
         # ------------------------------------------------------------ Eval
         held = _evaluate(cfg, tokenizer, mesh, eval_fn, state, writer, step, log)

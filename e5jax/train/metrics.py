@@ -27,7 +27,7 @@ class MetricWriter:
     most every `sync_every_s` seconds and at close."""
 
     def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
-                 sync_every_s: float = 60.0):
+                 sync_every_s: float = 60.0, resumed_at: int | None = None):
         self.enabled = enabled
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.local = self.path
@@ -41,6 +41,8 @@ class MetricWriter:
             self.local = pathlib.Path.home() / "e5jax-metrics" / epath.Path(str(workdir)).name / "metrics.jsonl"
             self.local.parent.mkdir(parents=True, exist_ok=True)
             self.local.write_text(self.path.read_text() if self.path.exists() else "")
+        if resumed_at is not None:
+            self._drop_after(resumed_at)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -63,6 +65,29 @@ class MetricWriter:
             for k, v in metrics.items():
                 self.tb.add_scalar(f"{prefix}/{k}", v, step)
             self.tb.flush()
+
+    def _drop_after(self, step: int) -> None:
+        """Forget the records a killed run wrote past its last checkpoint.
+
+        The resumed run repeats those steps on the same batches; keeping the old
+        records too would leave each of them twice in the history."""
+        if not self.local.exists():
+            return
+        lines = self.local.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) > step:
+                    continue
+            except ValueError:  # a line cut short by the kill
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
+            tmp = self.local.with_name(self.local.name + ".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(self.local)  # a local workdir's history is never half-rewritten
+            if self.local != self.path:
+                self.sync()
 
     def sync(self) -> None:
         """Rewrite the remote copy from the local log (a no-op for a local workdir)."""

@@ -204,6 +204,23 @@ def test_remote_metrics_log_is_rewritten_whole_and_keeps_history(tmp_path, monke
     assert not (workdir / "tensorboard").exists()
 
 
+def test_resumed_history_drops_the_records_a_killed_run_wrote_past_its_checkpoint(tmp_path):
+    """The resumed run repeats steps 4..6 on the same batches: their old records
+    (and a line the kill cut short) go, so each step appears once."""
+    from e5jax.train import metrics as mw
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    rec = lambda s: json.dumps({"step": s, "split": "train", "loss": 1.0 / s}) + "\n"
+    (workdir / "metrics.jsonl").write_text("".join(rec(s) for s in range(1, 7)) + '{"step": 7, "spl')
+    w = mw.MetricWriter(str(workdir), tensorboard=False, resumed_at=3)
+    for s in range(4, 8):
+        w.write(s, {"loss": 1.0 / s})
+    w.close()
+    steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 8))
+
+
 def test_a_run_that_cannot_start_leaves_the_workdir_as_it_was(capsys, tmp_path, tiny_overrides):
     """config.json is what load_trained/export read: a failed start (a missing
     dataset, another architecture) must not rewrite it, and resuming with
