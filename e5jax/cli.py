@@ -18,6 +18,7 @@ from e5jax.errors import E5Error
 COMMANDS: dict[str, tuple[str, str]] = {
     "harvest": ("e5jax.commands.harvest", "harvest (query, passage) pairs from public dumps"),
     "build": ("e5jax.commands.build", "build pair shards into a TFDS (ArrayRecord) dataset"),
+    "fetch-model": ("e5jax.commands.fetch_model", "copy a model folder from gs:// to a local folder (resumable)"),
     "train": ("e5jax.commands.train", "pre-train or fine-tune from a config preset"),
     "compile": ("e5jax.commands.compile", "compile a preset's step for a TPU slice, without one: memory, cost"),
     "filter": ("e5jax.commands.filter", "consistency-based filtering of a pair dataset"),

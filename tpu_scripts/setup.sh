@@ -18,8 +18,9 @@ On every worker at once (--worker=all), over gcloud ssh:
      versions e5jax pins) in one resolve, plus gcsfs (TFDS and orbax list
      and read gs:// paths through it when TensorFlow is absent);
   4. with --weights: copy each listed model folder from Cloud Storage into
-     ~/e5jax/ckpt/ (gcloud storage rsync), where the presets' model.init
-     expects it (e.g. gs://B/bert-base-uncased -> ckpt/bert-base-uncased).
+     ~/e5jax/ckpt/ (e5jax fetch-model: a re-run copies only missing files),
+     where the presets' model.init expects it
+     (e.g. gs://B/bert-base-uncased -> ckpt/bert-base-uncased).
 Running it again updates the checkout to --ref and reinstalls.
 
   --name NAME        TPU name
@@ -64,7 +65,7 @@ if [[ -n ${OPT[weights]:-} ]]; then
     [[ $url =~ ^gs://[^/]+/.+ ]] || die "--weights: '$url' is not a gs://BUCKET/FOLDER model folder"
     folder=${url##*/}
     remote+="; mkdir -p ckpt/$(quote "$folder")"
-    remote+="; gcloud storage rsync --recursive --quiet $(quote "$url") ckpt/$(quote "$folder")"
+    remote+="; .venv/bin/e5jax fetch-model $(quote "$url") ckpt/$(quote "$folder")"
   done
 fi
 remote+="; echo \"\$(hostname): e5jax \$(git rev-parse --short HEAD) ready, jax \$(.venv/bin/python -c \"import jax; print(jax.__version__)\")\""

@@ -157,9 +157,9 @@ def test_setup_copies_weights_where_the_presets_look(fake_gcloud):
     remote = gcloud_argv(line, fake_gcloud)[-1]
     tail = ('; .venv/bin/e5jax --help > /dev/null'
             '; mkdir -p ckpt/bert-base-uncased'
-            '; gcloud storage rsync --recursive --quiet gs://my-bucket/bert-base-uncased ckpt/bert-base-uncased'
+            '; .venv/bin/e5jax fetch-model gs://my-bucket/bert-base-uncased ckpt/bert-base-uncased'
             '; mkdir -p ckpt/MiniLM-L12-H384-uncased'
-            '; gcloud storage rsync --recursive --quiet gs://my-bucket/models/MiniLM-L12-H384-uncased'
+            '; .venv/bin/e5jax fetch-model gs://my-bucket/models/MiniLM-L12-H384-uncased'
             ' ckpt/MiniLM-L12-H384-uncased; echo ')
     assert tail in remote
     assert remote.index('cd "$HOME/e5jax"') < remote.index("mkdir -p ckpt/")

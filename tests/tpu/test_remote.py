@@ -172,7 +172,7 @@ def test_setup_works_on_a_worker(shell, tmp_path, fake_gcloud):
 
     subprocess.run([git, "init", "-q", "-b", "main", str(src)], check=True, env=genv)
     first = commit("one")
-    remote = remote_command("setup.sh", *WHERE, "--repo", str(src), fake=fake_gcloud)
+    remote = remote_command("setup.sh", *WHERE, "--repo", str(src), "--weights", "gs://b/models/m", fake=fake_gcloud)
     home, bin_dir = tmp_path / "home", tmp_path / "workerbin"
     home.mkdir()
     bin_dir.mkdir()
@@ -198,7 +198,9 @@ def test_setup_works_on_a_worker(shell, tmp_path, fake_gcloud):
         "pip install --quiet --upgrade -e .[tpu] gcsfs"
         " -f https://storage.googleapis.com/jax-releases/libtpu_releases.html",
         "e5jax --help",
+        "e5jax fetch-model gs://b/models/m ckpt/m",  # tests/gcs/test_fetch_model.py runs it for real
     ]
+    assert (home / "e5jax" / "ckpt" / "m").is_dir()
     # Running it again moves the existing clone to the new head of --ref.
     second = commit("two")
     _, head = run_setup()
