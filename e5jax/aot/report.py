@@ -97,28 +97,61 @@ def _row_blocks(c: Compiled) -> list[tuple[int, int]]:
     return out
 
 
+def _architecture(c: Compiled) -> dict:
+    """Non-embedding parameter counts and the attention width of the model a Config trains.
+
+    BERT: four H x H projections, a 2-matrix GELU MLP, biases and LayerNorms. Decoders
+    (Llama / Mistral / Qwen): grouped-query projections (K and V only num_key_value_heads
+    wide), a 3-matrix SwiGLU MLP, RMSNorms; with LoRA the base is frozen and the trainable
+    parameters are the adapters' A (r x in) and B (out x r) on the targeted projections."""
+    from e5jax.train.state import bert_config, model_family
+
+    arch = bert_config(c.cfg)
+    H, I, layers = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers
+    if model_family(c.cfg) != "decoder":
+        per_layer = 4 * H * H + 2 * H * I + 9 * H + I  # attention, MLP, biases, norms
+        return {"params": layers * per_layer, "adapter_params": 0, "frozen_params": 0, "attention_width": H,
+                "layers": layers, "hidden": H}
+    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    shapes = {"q_proj": (H, q), "k_proj": (H, kv), "v_proj": (H, kv), "o_proj": (q, H),
+              "gate_proj": (H, I), "up_proj": (H, I), "down_proj": (I, H)}
+    per_layer = sum(i * o for i, o in shapes.values()) + 2 * H  # projections + the two RMSNorms
+    per_layer += (q + 2 * kv if arch.qkv_bias else 0) + (H if arch.o_bias else 0) + (3 * I if arch.mlp_bias else 0)
+    per_layer += 2 * arch.head_dim if arch.qk_norm else 0
+    m = c.cfg.model
+    rank = m.lora_rank
+    adapters = layers * sum(rank * (i + o) for name, (i, o) in shapes.items() if name in m.lora_targets) if rank else 0
+    base = layers * per_layer
+    return {"params": base + adapters, "adapter_params": adapters, "frozen_params": base if rank else 0,
+            "attention_width": q, "layers": layers, "hidden": H}
+
+
 def flops(c: Compiled) -> dict:
     """Model FLOPs (MFU's count: 6 * non-embedding params * real tokens + attention + the loss's
-    logits) and what the configured step computes by design (padding, remat, gradient caching)."""
-    from e5jax.train.state import bert_config
+    logits) and what the configured step computes by design (padding, remat, gradient caching).
 
-    bert = bert_config(c.cfg)
-    H, I, layers = bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers
-    n_params = layers * (4 * H * H + 2 * H * I + 9 * H + I)  # non-embedding: attention, MLP, biases, norms
+    A frozen parameter (LoRA's base) costs 4 FLOPs per token, not 6: forward and the
+    backward pass to its input, no gradient of its own."""
+    a = _architecture(c)
+    n_params, frozen, layers, H = a["params"], a["frozen_params"], a["layers"], a["hidden"]
     towers = _tower_texts(c)
     B = towers["query"][0]
     candidates = B + (towers["negative"][0] if "negative" in towers else 0)
     loss = 6 * B * candidates * H  # logits forward (2BCH) and backward (4BCH)
     tokens = sum(n * L for n, L in towers.values())
-    attn = lambda n, L: 4 * layers * H * n * L * L  # noqa: E731  forward: scores + context
-    model = 6 * n_params * tokens + 3 * sum(attn(n, L) for n, L in towers.values()) + loss
+    width = a["attention_width"]
+    attn = lambda n, L: 4 * layers * width * n * L * L  # noqa: E731  forward: scores + context
+    model = (6 * n_params - 2 * frozen) * tokens + 3 * sum(attn(n, L) for n, L in towers.values()) + loss
     rows = _row_blocks(c)
-    unit = 2 * n_params * sum(r * L for r, L in rows) + sum(attn(r, L) for r, L in rows)  # one forward pass
+    computed = sum(r * L for r, L in rows)
+    unit = 2 * n_params * computed + sum(attn(r, L) for r, L in rows)  # one forward pass
     t = c.cfg.train
     n_chunks = t.batch_size // t.grad_cache_chunk if t.grad_cache_chunk else 0
     extra_fwd = (n_chunks - 1 if t.grad_cache_keep_last else n_chunks) / n_chunks if n_chunks else 0.0
-    passes = 3 + (1 if c.cfg.model.remat else 0) + extra_fwd
-    return {"non_embedding_params": n_params, "tokens": tokens, "computed_tokens": sum(r * L for r, L in rows),
+    # forward + backward (2 forwards' worth: input and weight gradients, less the frozen weights')
+    passes = 3 + (1 if c.cfg.model.remat else 0) + extra_fwd - 2 * frozen * computed / unit
+    return {"non_embedding_params": n_params, "frozen_params": frozen, "adapter_params": a["adapter_params"],
+            "tokens": tokens, "computed_tokens": computed,
             "model_flops": model, "expected_flops": passes * unit + loss, "forward_passes": passes,
             "grad_cache_chunks": n_chunks, "remat": c.cfg.model.remat}
 
@@ -156,10 +189,21 @@ def _spec(spec) -> str:
     return "P(" + ", ".join(repr(d) for d in dims) + ")"
 
 
+def logits_shape_ambiguous(c: Compiled) -> bool:
+    """True when C (candidates) equals the hidden size: a [B, C] logits matrix then has the
+    shape of the [B, H] candidate embeddings the loss gathers (and of their gradient's
+    all-reduce), and the shape check below cannot tell them apart."""
+    from e5jax.train.state import bert_config
+
+    towers = _tower_texts(c)
+    return towers["query"][0] + (towers["negative"][0] if "negative" in towers else 0) == bert_config(c.cfg).hidden_size
+
+
 def logits_moved(c: Compiled, moved: list[dict]) -> list[dict]:
     """Collectives whose array holds a [global batch x candidates] matrix (the InfoNCE logits
     must stay row-sharded: each chip scores its own queries against every candidate). An
-    all-gather of [B, H] embeddings is expected, and reads as logits when C == H."""
+    all-gather of [B, H] embeddings is expected, and reads as logits when C == H
+    (`logits_shape_ambiguous`)."""
     towers = _tower_texts(c)
     B = towers["query"][0]
     C = B + (towers["negative"][0] if "negative" in towers else 0)
@@ -213,6 +257,7 @@ def analyse(c: Compiled, *, steps: int | None = None) -> dict:
         "collective_arrays": coll["arrays"],
         "while_loops": coll["loops"],
         "logits_moved": logits_moved(c, coll["arrays"]),
+        "logits_shape_ambiguous": logits_shape_ambiguous(c),
         "state_shardings": got,
         "shardings_as_rules": got == want,
     }
@@ -261,8 +306,11 @@ def format_report(r: dict) -> str:
         f"- aliased {_gib(m['alias_bytes'])} + temporaries {_gib(m['temp_bytes'])} + code {_gib(m['code_bytes'])} "
         f"= {_gib(m['total_bytes'])} of {_gib(m['hbm_bytes'])} HBM (headroom {_gib(m['headroom_bytes'])})",
         f"FLOPs per chip: compiled {f['compiled_flops_per_chip']:.3e}; model {f['model_flops_per_chip']:.3e} "
-        f"(6 x {f['non_embedding_params'] / 1e6:.1f}M params x {f['tokens']:,} tokens + attention + logits); "
-        f"by design {f['expected_flops_per_chip']:.3e} ({f['forward_passes']:.3g} forward passes: "
+        + (f"(6 x {f['non_embedding_params'] / 1e6:.1f}M params x {f['tokens']:,} tokens + attention + logits); "
+           if not f.get("frozen_params") else
+           f"(6 x {f['adapter_params'] / 1e6:.2f}M adapter + 4 x {f['frozen_params'] / 1e6:.1f}M frozen params "
+           f"x {f['tokens']:,} tokens + attention + logits); ")
+        + f"by design {f['expected_flops_per_chip']:.3e} ({f['forward_passes']:.3g} forward passes: "
         f"remat={f['remat']}, {f['grad_cache_chunks']} gradient-cache chunks); "
         f"compiled/design {f['compiled_over_expected']:.3f}, compiled/model {f['compiled_over_model']:.3f}"
         + (f" (XLA's cost analysis counts the body of each of the {len(r['while_loops'])} while loops once; "
@@ -273,8 +321,10 @@ def format_report(r: dict) -> str:
         "collectives per step (ops in program / executions / bytes): " + "; ".join(
             f"{k} {v['ops']}/{v['executions']}/{_gib(v['bytes'])}" for k, v in r["collectives"].items() if v["ops"]),
         "logits [batch x candidates] moved by a collective: "
-        f"{'YES ' + str(r['logits_moved'][:2]) if r['logits_moved'] else 'no'}; "
-        f"state sharded as the rules table says: {'yes' if r['shardings_as_rules'] else 'NO'}",
+        + (f"cannot tell by shape (candidates = hidden size: the candidate embeddings' gathers have the "
+           f"logits' shape; {len(r['logits_moved'])} such arrays); " if r.get("logits_shape_ambiguous") else
+           f"{'YES ' + str(r['logits_moved'][:2]) if r['logits_moved'] else 'no'}; ")
+        + f"state sharded as the rules table says: {'yes' if r['shardings_as_rules'] else 'NO'}",
         f"roofline per step: compute {_dur(ro['compute_s'])}, HBM {_dur(ro['hbm_s'])}, ICI {_dur(ro['ici_s'])} "
         f"-> {_dur(ro['step_s'])} ({ro['bound']}-bound); {ro['steps']:,} steps {_dur(ro['run_s'])}; "
         f"MFU bound {ro['mfu_bound']:.1%}"

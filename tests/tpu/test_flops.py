@@ -114,3 +114,21 @@ def test_gradient_caching_gathers_each_parameter_once_per_step(tmp_path_factory)
     assert gathered, r["collective_arrays"]  # the weights are sharded: they are gathered somewhere
     for shape, n in gathered.items():
         assert n <= TINY_PARAMS[shape], (shape, n, r["collective_arrays"])
+
+
+@needs_libtpu
+def test_decoder_lora_flops_and_row_sharded_logits(tmp_path_factory):
+    """The tiny E5-mistral preset (GQA, SwiGLU, LoRA on a frozen base, a hard negative),
+    gradient-cached with remat: the compiled dots match the decoder's by-design count (a
+    frozen weight costs no gradient of its own) and the logits stay row-sharded. 16 queries
+    + 16 negatives = 32 candidates, not the hidden size (64), so [B, C] logits cannot be
+    mistaken for the [B, H] candidate embeddings the loss gathers."""
+    sets = ["train.batch_size=16", "train.grad_cache_chunk=4", "model.remat=true"]
+    args = ["--config", "configs/tiny_decoder_finetune.py", "--topology", "v5e-4"]
+    proc, r = compile_cli(tmp_path_factory.mktemp("decoder"), *args, *[a for kv in sets for a in ("--set", kv)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    f = r["flops"]
+    assert r["while_loops"] == [3, 3]
+    assert f["frozen_params"] > 0 and 0 < f["adapter_params"] < f["frozen_params"]
+    assert 0.9 < f["loop_aware_flops_per_chip"] / f["expected_flops_per_chip"] < 1.1, f
+    assert not r["logits_shape_ambiguous"] and r["logits_moved"] == [], r["logits_moved"]
