@@ -101,15 +101,22 @@ def export_peft(model, out_dir: str | os.PathLike, *, base_model: str = "", toke
 
 
 def export(model: TextEncoder, tokenizer, out_dir: str | os.PathLike, *, max_seq_length: int = 512,
-           prompts: dict[str, str] | None = None) -> pathlib.Path:
+           prompts: dict[str, str] | None = None, query_instruction: str = "") -> pathlib.Path:
     """Export atomically: written to a temporary sibling folder, then renamed,
-    so a crash never leaves a half-written model where a good one was."""
+    so a crash never leaves a half-written model where a good one was.
+
+    A decoder goes to `export_decoder`; `query_instruction` is the task of its query
+    prompt (decoders only: a BERT export's prompts are E5's prefixes)."""
     from safetensors.numpy import save_file
 
     from e5jax.decoder_export import is_decoder
 
     if is_decoder(model):
-        return export_decoder(model, tokenizer, out_dir, max_seq_length=max_seq_length, prompts=prompts)
+        return export_decoder(model, tokenizer, out_dir, max_seq_length=max_seq_length, prompts=prompts,
+                              query_instruction=query_instruction)
+    if query_instruction:
+        raise E5Error("a query instruction is for decoder embedders (E5-mistral); this is a BERT model, "
+                      "whose export records E5's \"query: \" / \"passage: \" prefixes")
     out = check_output(out_dir)
     tmp = _temporary(out)
     cfg = model.bert.cfg

@@ -3,10 +3,13 @@
 A model lives in one of two kinds of folder:
 
 - a **model folder**: what `e5jax export` writes, or any Hugging Face /
-  sentence-transformers folder of the BERT family (`*.safetensors` or
-  `pytorch_model.bin` + `config.json` + the tokenizer); local disk only;
+  sentence-transformers folder of the BERT family or of a decoder LLM
+  (Llama / Mistral / Qwen2 / Qwen3, `encoder.read_model_config`)
+  (`*.safetensors` or `pytorch_model.bin` + `config.json` + the tokenizer);
+  local disk only;
 - a **training workdir**: what `e5jax train` writes (`config.json` +
-  `checkpoints/`); local or `gs://` (orbax restores from Cloud Storage).
+  `checkpoints/`), BERT or decoder (LoRA adapters applied as trained);
+  local or `gs://` (orbax restores from Cloud Storage).
 
 The module is not called `load.py` on purpose: `e5jax.load` is this module's
 `load` function (see `e5jax/__init__.py`), and importing a submodule of that

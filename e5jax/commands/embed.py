@@ -17,6 +17,7 @@ import json
 import pathlib
 import sys
 
+from e5jax.commands import add_query_instruction
 from e5jax.errors import E5Error
 from e5jax.paths import local
 
@@ -40,9 +41,8 @@ def add_arguments(p):
     p.add_argument("--num-processes", type=int, default=0, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=-1, help="multi-host: this process's id")
     p.add_argument("--prefix", default="", help='prepended to every text, e.g. "query: "')
-    p.add_argument("--query-instruction", default="", metavar="TASK",
-                   help='decoder embedders (E5-mistral): the texts are queries, prefixed with '
-                        '"Instruct: TASK\\nQuery: " (replaces --prefix)')
+    add_query_instruction(p, help='decoder embedders (E5-mistral): the texts are queries, prefixed with '
+                                  '"Instruct: TASK\\nQuery: " (replaces --prefix)')
     p.add_argument("--max-length", type=int, default=512, help="tokens, prefix included")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
@@ -122,9 +122,9 @@ def run_corpus(args) -> int:
     out = check_folder(args.output_dir, "--output-dir")
     spec = embed.input_spec(args.input, args.input_format, args.text_field, args.id_field, args.name, args.split)
     model_sha = embed.model_sha256(args.model)  # also: a missing --model fails before JAX starts
-    from e5jax.model import hf
+    from e5jax.model.encoder import read_model_config
 
-    dim = hf.read_config(local(args.model, "--model"))[0].hidden_size
+    dim = read_model_config(local(args.model, "--model")).hidden_size  # BERT or decoder
     from e5jax.train.loop import maybe_initialize_distributed
 
     maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)

@@ -2,7 +2,7 @@
 
     e5jax eval --model DIR --beir DATA/scifact --beir DATA/nfcorpus \
         --output results.json [--split test] [--query-prefix "query: "] \
-        [--passage-prefix "passage: "] [--max-length 512] [--cache-dir DIR] \
+        [--passage-prefix "passage: "] [--query-instruction TASK] [--max-length 512] [--cache-dir DIR] \
         [--corpus-embeddings EMB/scifact --corpus-embeddings EMB/nfcorpus]
 
 Prints a table (values x100) and writes JSON: settings, per-dataset metrics,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from e5jax.commands import add_prefix_arguments, resolve_prefixes  # noqa: F401  (resolve_prefixes: also for tests)
 from e5jax.errors import E5Error
 from e5jax.paths import check_file, local
 
@@ -25,12 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beir", required=True, action="append", metavar="DIR",
                         help="BEIR-format dataset folder; repeat for several")
     parser.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default: test)")
-    parser.add_argument("--query-prefix", default="query: ", help='prepended to queries (default "query: ")')
-    parser.add_argument("--passage-prefix", default=None,
-                        help='prepended to documents (default "passage: "; "" with --query-instruction)')
-    parser.add_argument("--query-instruction", default="", metavar="TASK",
-                        help='decoder embedders (E5-mistral): queries become "Instruct: TASK\\nQuery: {query}" '
-                             "(replaces --query-prefix), documents get no prefix")
+    add_prefix_arguments(parser, passages="documents")
     parser.add_argument("--max-length", type=int, default=512, help="max tokens per text (default 512)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
     parser.add_argument("--top-k", type=int, default=1000, help="documents retrieved per query (default 1000)")
@@ -39,18 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an `e5jax embed --output-dir` folder of a --beir's corpus.jsonl, used instead of "
                              "encoding it; one per --beir, in the same order")
     parser.add_argument("--output", required=True, help="write the results to this JSON file")
-
-
-def resolve_prefixes(args: argparse.Namespace) -> None:
-    """--query-instruction sets the query prefix to the E5-mistral template; documents then get
-    none unless --passage-prefix is given."""
-    if args.query_instruction:
-        from e5jax.decoder_export import query_prompt
-
-        args.query_prefix = query_prompt(args.query_instruction)
-        args.passage_prefix = "" if args.passage_prefix is None else args.passage_prefix
-    elif args.passage_prefix is None:
-        args.passage_prefix = "passage: "
 
 
 def run(args: argparse.Namespace) -> int:

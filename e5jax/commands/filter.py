@@ -8,13 +8,15 @@ query and keeps the pair if it lands in the top k; writes the kept pairs as the
 TFDS dataset --output-name (held-out split copied unchanged) and
 DATA_DIR/OUTPUT_NAME.work/report.json. Run the same command again to resume a
 killed run. Multi-host: start it on every host (like training) with a shared
---data-dir; see `e5jax.filter` for the rules.
+--data-dir; see `e5jax.filter` for the rules. A decoder embedder (E5-mistral) takes
+`--query-instruction TASK` (queries "Instruct: TASK\\nQuery: ", passages no prefix).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from e5jax.commands import add_prefix_arguments, resolve_prefixes
 from e5jax.errors import E5Error
 
 
@@ -26,8 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-size", type=int, required=True, help="random passages per ranking (paper: 1M)")
     parser.add_argument("--top-k", type=int, default=2, help="keep a pair whose passage ranks <= k (default 2)")
     parser.add_argument("--output-name", required=True, help="name of the filtered dataset to build")
-    parser.add_argument("--query-prefix", default="query: ", help='prepended to queries (default "query: ")')
-    parser.add_argument("--passage-prefix", default="passage: ", help='prepended to passages (default "passage: ")')
+    add_prefix_arguments(parser)
     parser.add_argument("--max-length", type=int, default=128, help="max tokens per text (default 128)")
     parser.add_argument("--batch-size", type=int, default=256, help="texts per encoder batch (default 256)")
     parser.add_argument("--block-size", type=int, default=4096, help="pairs per saved progress block (default 4096)")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from e5jax import filter as filt
     from e5jax.train.loop import maybe_initialize_distributed
 
+    resolve_prefixes(args)
     cfg = filt.FilterConfig(
         pool_size=args.pool_size, top_k=args.top_k, split=args.split, query_prefix=args.query_prefix,
         passage_prefix=args.passage_prefix, max_length=args.max_length, batch_size=args.batch_size,

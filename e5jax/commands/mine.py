@@ -9,7 +9,9 @@ Examples::
 
 Dense mining encodes queries as query-prefix + text and passages as
 passage-prefix + "title text" (E5's convention) and ranks them exactly with
-the sharded retrieval core; `--bm25` uses bm25s instead.
+the sharded retrieval core; `--bm25` uses bm25s instead. A decoder embedder
+(E5-mistral) takes `--query-instruction TASK`: queries get "Instruct: TASK\\nQuery: ",
+passages no prefix.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import itertools
 
 from e5jax import mine
+from e5jax.commands import add_prefix_arguments, resolve_prefixes
 from e5jax.data.finetune import beir
 from e5jax.data.finetune.records import Stats, write_records
 from e5jax.errors import E5Error
@@ -37,14 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-negatives", type=int, default=7, help="negatives per query")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (combined with each query id)")
-    parser.add_argument("--query-prefix", default="query: ", help="dense: prefix of queries")
-    parser.add_argument("--passage-prefix", default="passage: ", help="dense: prefix of passages")
+    add_prefix_arguments(parser, note="dense: ")
     parser.add_argument("--max-length", type=int, default=512, help="dense: max tokens per text")
     parser.add_argument("--batch-size", type=int, default=64, help="dense: texts per encoder batch")
     parser.add_argument("--source", default="mined", help="value of the records' 'source' field")
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_prefixes(args)
     window = mine.parse_window(args.rank_window)
     if args.top_n < 1 or args.num_negatives < 1:
         raise E5Error("--top-n and --num-negatives must be >= 1")

@@ -1,5 +1,10 @@
 """Text encoder = BertModel + pooling (+ L2 norm), created sharded, and the
 user-facing `Encoder.from_pretrained(path).encode(texts, prefix=...)`.
+
+`Encoder` and `load_pretrained` serve both model families: BERT (`TextEncoder`
+here) and decoder LLMs (`decoder.DecoderTextEncoder`: Llama / Mistral / Qwen2 /
+Qwen3, last-token or mean pooling). `backbone` and `read_model_config` are the
+one place they are told apart.
 """
 
 from __future__ import annotations
@@ -154,6 +159,28 @@ def encoder_params(model: TextEncoder) -> dict[str, np.ndarray]:
     return {k: np.asarray(jax.device_get(v[...])) for k, v in flat.items()}
 
 
+def backbone(model):
+    """The network under a text encoder's pooling: `TextEncoder.bert` (`BertModel`) or
+    `DecoderTextEncoder.decoder` (`decoder.DecoderModel`). Both carry `.cfg` (with
+    `hidden_size` and `max_length`) and `.dtype` (the compute dtype)."""
+    from e5jax.decoder_export import is_decoder
+
+    return model.decoder if is_decoder(model) else model.bert
+
+
+def read_model_config(folder: pathlib.Path):
+    """A model folder's architecture: a `decoder.DecoderConfig` where its config.json names a
+    Llama / Mistral / Qwen2 / Qwen3 model (`hf_decoder.is_decoder_folder`), else a `BertConfig`."""
+    from e5jax.model import hf_decoder
+
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise E5Error(f"{folder} is a PEFT adapter folder (`e5jax export --peft`), not a whole model: load "
+                      "the merged export (`e5jax export` without --peft) or the training workdir instead")
+    if hf_decoder.is_decoder_folder(folder):
+        return hf_decoder.read_config(folder)[0]
+    return hf.read_config(folder)[0]
+
+
 def read_pooling(folder: pathlib.Path) -> tuple[str, bool]:
     """Pooling mode and normalisation as a sentence-transformers folder records them."""
     modules = folder / "modules.json"
@@ -175,10 +202,17 @@ def read_pooling(folder: pathlib.Path) -> tuple[str, bool]:
 
 def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, rules=DEFAULT_RULES,
                     dtype: str = "float32", remat: bool = False, dropout: float = -1.0,
-                    pooling: str | None = None, normalize: bool | None = None) -> TextEncoder:
-    """A TextEncoder with the weights of a local HF / sentence-transformers / e5jax-export folder."""
+                    pooling: str | None = None, normalize: bool | None = None):
+    """A TextEncoder with the weights of a local HF / sentence-transformers / e5jax-export folder;
+    a `decoder.DecoderTextEncoder` for a decoder folder (`read_model_config`), with the pooling
+    the folder records (`decoder.read_decoder_pooling`: an e5jax export's, else the last token)."""
     folder = local(path, "model folder", "a Hugging Face model folder is read with local-file APIs")
-    cfg, _ = hf.read_config(folder)
+    cfg = read_model_config(folder)
+    if not isinstance(cfg, BertConfig):
+        from e5jax.model.decoder import load_decoder_pretrained
+
+        return load_decoder_pretrained(folder, mesh=mesh, rules=rules, dtype=dtype, remat=remat, dropout=dropout,
+                                       pooling=pooling, normalize=normalize)
     if dropout >= 0:
         import dataclasses
 
@@ -305,6 +339,14 @@ def _fill_group(order, lengths, head: int, tail: int, rows: int, slots: int, P: 
 class Encoder:
     """Embed texts with a pre-trained or e5jax-trained model.
 
+    BERT-family or decoder (Llama / Mistral / Qwen2 / Qwen3: an e5jax decoder export, a plain
+    HF folder, or a decoder training workdir through `e5jax.load`), each with the pooling it
+    was trained with. A decoder's texts are tokenized as training tokenizes them (one call of
+    the tokenizer, special tokens on: its post-processor appends the EOS whose hidden state
+    "last" pooling takes); packed rows are causal within each text, RoPE positions restart per
+    text (`DecoderTextEncoder.encode_packed`), so packed and padded give the same embeddings.
+    Queries of an E5-mistral model take `prefix=decoder_export.query_prompt(task)`.
+
     >>> from e5jax import Encoder
     >>> enc = Encoder.from_pretrained(tokenizer_dir, dtype="float32")  # an HF / export folder
     >>> emb = enc.encode(["how to resize a partition", "GNU Parted"], prefix="query: ")
@@ -318,9 +360,10 @@ class Encoder:
         self.tokenizer = tokenizer
         self.name = name
         self.mesh = mesh
-        self.max_length = min(max_length or 512, model.bert.cfg.max_length)
+        self.config = backbone(model).cfg  # BertConfig or DecoderConfig: hidden_size, max_length
+        self.max_length = min(max_length or 512, self.config.max_length)
         self._graphdef, state = nnx.split(model)
-        self._state = _compute_dtype_kernels(state, getattr(model.bert, "dtype", jnp.float32))
+        self._state = _compute_dtype_kernels(state, getattr(backbone(model), "dtype", jnp.float32))
         graphdef = self._graphdef
 
         @jax.jit
@@ -351,7 +394,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return self.model.bert.cfg.hidden_size
+        return self.config.hidden_size
 
     @property
     def _data_shards(self) -> int:
@@ -360,6 +403,8 @@ class Encoder:
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
         # One call over the whole list: the fast (Rust) tokenizer batches it; only
         # the ids are asked for, so no masks or type ids are built and thrown away.
+        # The same call as training's (`data.pipeline.TokenizeBatch`): special tokens on,
+        # truncation first, so a decoder's EOS (its tokenizer's post-processor) ends every text.
         enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True,
                              return_attention_mask=False, return_token_type_ids=False)
         return enc["input_ids"]
@@ -385,7 +430,7 @@ class Encoder:
         n = len(texts)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
-        max_length = min(self.max_length if max_length is None else max_length, self.model.bert.cfg.max_length)
+        max_length = min(self.max_length if max_length is None else max_length, self.config.max_length)
         ids = self.tokenize(texts, max_length)
         batches = (self._packed_calls if packed else self._padded_calls)(ids, max_length, batch_size)
         out = np.zeros((n, self.dim), np.float32)
