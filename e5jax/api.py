@@ -85,11 +85,16 @@ def evaluate(model, beir: str | os.PathLike | Sequence[str | os.PathLike], *, sp
 
 
 def export(model, out_dir: str | os.PathLike, *, step: int | None = None,
-           max_seq_length: int = 512) -> pathlib.Path:
+           max_seq_length: int = 512, query_instruction: str = "", peft: bool = False,
+           base_model: str | None = None) -> pathlib.Path:
     """Write a folder `transformers` and `sentence-transformers` load as is, like `e5jax export`.
 
     `model`: an `Encoder`, or a training workdir (`step`: which checkpoint,
     default the newest). `out_dir` must be new, empty or an earlier export.
+    Decoder embedders only (as `--query-instruction` / `--peft`):
+    `query_instruction` is the task in the merged export's query prompt;
+    `peft=True` writes a LoRA run's adapters alone as a PEFT folder for
+    `base_model` (default: the workdir's `model.init`).
 
     >>> import e5jax, numpy as np
     >>> out = e5jax.export(workdir, f"{tmp}/export")
@@ -100,12 +105,38 @@ def export(model, out_dir: str | os.PathLike, *, step: int | None = None,
     >>> bool(np.allclose(a, b, atol=1e-5))   # the export is the same model
     True
     """
-    from e5jax.export import check_output
+    from e5jax.export import check_output, export_peft
     from e5jax.export import export as write
     from e5jax.loading import load
 
-    check_output(out_dir)  # before the (slow) restore
-    encoder = load(model, step=step) if isinstance(model, (str, os.PathLike)) else model
-    if step is not None and not isinstance(model, (str, os.PathLike)):
+    is_path = isinstance(model, (str, os.PathLike))
+    if step is not None and not is_path:
         raise E5Error("export: step picks a checkpoint of a workdir; it does not apply to a loaded Encoder")
-    return write(encoder.model, encoder.tokenizer, out_dir, max_seq_length=max_seq_length)
+    if peft and query_instruction:
+        raise E5Error("export: query_instruction sets the merged export's query prompt; a peft adapter folder "
+                      "has no prompts: give one of the two")
+    check_output(out_dir)  # before the (slow) restore
+    if base_model is None:
+        base_model = _workdir_init(model) if is_path else ""
+    encoder = load(model, step=step) if is_path else model
+    if peft or query_instruction:
+        from e5jax.decoder_export import is_decoder, lora_spec
+
+        what = "peft" if peft else "query_instruction"
+        if not is_decoder(encoder.model):
+            raise E5Error(f"export: {what} is for decoder embedders (model.family=decoder); "
+                          f"{encoder.name or 'this'} is a BERT-family model: export it without {what}")
+        if peft and lora_spec(encoder.model).rank == 0:
+            raise E5Error(f"export: peft writes LoRA adapters; {encoder.name or 'this model'} has none "
+                          "(model.lora_rank = 0): export the merged weights, without peft")
+    if peft:
+        return export_peft(encoder.model, out_dir, base_model=base_model, tokenizer=encoder.tokenizer)
+    return write(encoder.model, encoder.tokenizer, out_dir, max_seq_length=max_seq_length,
+                 query_instruction=query_instruction)
+
+
+def _workdir_init(path) -> str:
+    """The base model a training workdir started from (`model.init`), "" for an export folder."""
+    from e5jax.train.state import is_workdir, workdir_config
+
+    return workdir_config(path).model.init if is_workdir(path) else ""

@@ -261,3 +261,28 @@ def test_filter_with_a_query_instruction(exported, tmp_path, monkeypatch):
                      "--pool-size", "8", "--top-k", "2", "--output-name", "pairs_f", "--max-length", str(MAX_LEN),
                      "--query-instruction", INSTRUCTION]) == 0
     assert set(seen) == {query_prompt(INSTRUCTION), ""}
+
+
+def test_python_export_takes_the_decoder_options(workdir, exported, tmp_path):
+    """`e5jax.export(..., query_instruction=)` writes the CLI's merged folder (same prompts, same
+    weights); `peft=True` the CLI's adapter folder with the workdir's base model recorded; a
+    loaded Encoder exports too; both options at once are refused before anything is written."""
+    from safetensors.numpy import load_file
+
+    merged = e5jax.export(workdir, tmp_path / "merged", max_seq_length=64, query_instruction=INSTRUCTION)
+    prompts = lambda d: json.loads((d / "config_sentence_transformers.json").read_text())["prompts"]
+    assert prompts(merged) == prompts(exported) and prompts(merged)["query"] == query_prompt(INSTRUCTION)
+    a, b = load_file(str(merged / "model.safetensors")), load_file(str(exported / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+    adapter = e5jax.export(e5jax.load(workdir), tmp_path / "adapter", peft=True, base_model="BASE")
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "BASE"
+    from_wd = e5jax.export(workdir, tmp_path / "adapter2", peft=True)
+    init = json.loads((workdir / "config.json").read_text())["model"]["init"] or None  # "" = random init
+    assert json.loads((from_wd / "adapter_config.json").read_text())["base_model_name_or_path"] == init
+    x, y = load_file(str(adapter / "adapter_model.safetensors")), load_file(str(from_wd / "adapter_model.safetensors"))
+    assert x.keys() == y.keys() and len(x) == 2 * 7 * 2 and all(np.array_equal(x[k], y[k]) for k in x)
+
+    with pytest.raises(e5jax.E5Error, match="give one of the two"):
+        e5jax.export(workdir, tmp_path / "both", peft=True, query_instruction="Find it")
+    assert not (tmp_path / "both").exists()

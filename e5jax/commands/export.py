@@ -54,24 +54,17 @@ def check_flags(args) -> str:
 
 
 def run(args) -> int:
-    from e5jax.export import check_output, export, export_peft
-    from e5jax.loading import load
+    from e5jax.api import export
+    from e5jax.export import check_output
 
     check_output(args.output)  # before the (slow) restore
-    base_model = check_flags(args)
-    enc = load(args.workdir, step=args.step)
-    if args.peft or args.query_instruction:
-        from e5jax.decoder_export import is_decoder, lora_spec
-
-        decoder = is_decoder(enc.model)
-        _refuse(args, decoder=decoder, lora=decoder and lora_spec(enc.model).rank > 0)
+    base_model = check_flags(args)  # an export folder's flags are checked on the loaded model, by api.export
+    out = export(args.workdir, args.output, step=args.step, max_seq_length=args.max_seq_length,
+                 query_instruction=args.query_instruction, peft=args.peft, base_model=base_model or None)
     if args.peft:
-        out = export_peft(enc.model, args.output, base_model=base_model, tokenizer=enc.tokenizer)
         print(f"exported the LoRA adapters to {out}")
         print("load them with:\n" + peft_snippet(out, base_model))
         return 0
-    out = export(enc.model, enc.tokenizer, args.output, max_seq_length=args.max_seq_length,
-                 query_instruction=args.query_instruction)
     print(f"exported to {out}")
     print("load it with:\n" + load_snippet(out))
     return 0
