@@ -390,6 +390,10 @@ class Encoder:
             tok = AutoTokenizer.from_pretrained(str(folder))
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds
             raise E5Error(f"cannot load a tokenizer from {folder}: {type(e).__name__}: {e}") from e
+        if getattr(model, "pooling", "") == "last":  # a plain Llama / Mistral / Qwen folder's tokenizer
+            from e5jax.model.eos import ensure_eos
+
+            ensure_eos(tok, f"the tokenizer in {folder}")
         return cls(model, tok, name=str(folder.resolve()), mesh=mesh)
 
     @property

@@ -61,7 +61,12 @@ def load_tokenizer(cfg: Config):
     path = _local(tokenizer_path(cfg), "model.tokenizer" if cfg.model.tokenizer else "model.init")
     if not pathlib.Path(path).is_dir():
         raise E5Error(f"tokenizer folder not found: {path}")
-    return AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if cfg.model.pooling == "last":  # the pooled token must be an appended EOS (e5jax/model/eos.py)
+        from e5jax.model.eos import ensure_eos
+
+        ensure_eos(tok, f"the tokenizer in {path}")
+    return tok
 
 
 def is_workdir(path: str) -> bool:
