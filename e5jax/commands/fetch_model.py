@@ -7,7 +7,9 @@ folders must be on local disk). Every file under SOURCE (recursive; any fsspec
 URL or a local folder) goes through gcsfs/fsspec to DEST under a temporary name
 (`.NAME.part`, beside it), renamed once complete, so DEST never holds half a
 file under its final name. A file already in DEST with the size of the source's
-is skipped: a run cut short (killed, preempted) resumes where it stopped.
+is skipped: a run cut short (killed, preempted) resumes where it stopped. A
+download that stalls (no bytes for E5JAX_STORAGE_TIMEOUT_S, default 20 s) stops
+in one line instead of hanging the worker's setup.
 SOURCE must hold a `config.json` at its top (a Hugging Face model folder);
 nothing is copied otherwise.
 """
@@ -106,7 +108,9 @@ def fetch(source: str, dest: str, *, log=print) -> dict[str, int]:
         part = target.with_name(f".{target.name}{PART}")
         try:
             try:
-                fs.get_file(path, str(part))
+                _get_watched(fs, path, part, f"{source}/{rel}")
+            except E5Error as e:
+                raise E5Error(f"{e}; {done['files']} files copied before it; run again to resume") from None
             except Exception as e:  # noqa: BLE001 - gcsfs/aiohttp/OS errors: one line naming the object
                 raise E5Error(f"{source}/{rel}: download failed ({type(e).__name__}: {_first_line(e)}); "
                               f"{done['files']} files copied before it; run again to resume") from e
@@ -122,6 +126,38 @@ def fetch(source: str, dest: str, *, log=print) -> dict[str, int]:
         done["bytes"] += size
         log(f"  copied {rel} ({_size(size)})")
     return done
+
+
+def _get_watched(fs, path: str, part, name: str) -> None:
+    """fs.get_file(path, part) in a daemon thread, stopped (one-line E5Error) when the
+    partial file has not grown for the storage timeout: a connection that stalls without
+    closing would otherwise hang every worker's setup forever."""
+    import threading
+    import time
+
+    from e5jax.storage import timeout_s
+
+    limit, out = timeout_s(), {}
+
+    def run():
+        try:
+            fs.get_file(path, str(part))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True, name=f"e5jax-fetch {name}")
+    t.start()
+    seen, since = -1, time.monotonic()
+    while t.is_alive():
+        t.join(min(0.5, limit))
+        size = part.stat().st_size if part.exists() else 0
+        if size != seen:
+            seen, since = size, time.monotonic()
+        elif t.is_alive() and time.monotonic() - since > limit:
+            raise E5Error(f"{name}: download stalled (no bytes for {limit:.0f} s after {_size(size)}); check the "
+                          "network (E5JAX_STORAGE_TIMEOUT_S sets the wait)")
+    if "error" in out:
+        raise out["error"]
 
 
 def _files(n: int) -> str:

@@ -122,6 +122,36 @@ def test_a_cut_download_leaves_no_half_file_and_the_rerun_resumes(remote_model, 
     assert copied[0] == "model.safetensors" and len(copied) == 13 - 6, out  # 6 sort before it
 
 
+class _StallsOnTheWeights(_CutsTheWeights):
+    """model.safetensors: a quarter arrives, then the connection stays open and sends nothing."""
+
+    def get_file(self, path, lpath):
+        if not path.endswith("model.safetensors"):
+            return self.fs.get_file(path, lpath)
+        with self.fs.open(path, "rb") as src, open(lpath, "wb") as dst:
+            dst.write(src.read(self.fs.size(path) // 4))
+            dst.flush()
+            time.sleep(60)
+
+
+def test_a_stalled_download_stops_in_one_line_within_the_timeout(remote_model, tmp_path, capsys, monkeypatch):
+    from e5jax.commands import fetch_model
+
+    real = fetch_model.list_files
+    monkeypatch.setattr(fetch_model, "list_files", lambda source: (_StallsOnTheWeights(real(source)[0]),
+                                                                  real(source)[1]))
+    monkeypatch.setenv("E5JAX_STORAGE_TIMEOUT_S", "2")
+    dest = tmp_path / FOLDER
+    start = time.monotonic()
+    code, out, err = _fetch(capsys, remote_model, dest)
+    took = time.monotonic() - start
+    assert code == 2 and len(err) == 1, err
+    assert f"{remote_model}/model.safetensors: download stalled (no bytes for 2 s" in err[0], err
+    assert "run again to resume" in err[0] and took < 20, (took, err)
+    names = set(_sizes(dest))
+    assert "model.safetensors" not in names and not [n for n in names if n.endswith(".part")], names
+
+
 def test_a_killed_copy_never_leaves_a_short_file_and_resumes(remote_model, minilm_dir, tmp_path):
     """SIGKILL as soon as the first files are reported (the 91 MB weights come next)."""
     dest = tmp_path / FOLDER
