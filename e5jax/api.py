@@ -105,6 +105,15 @@ def export(model, out_dir: str | os.PathLike, *, step: int | None = None,
     >>> bool(np.allclose(a, b, atol=1e-5))   # the export is the same model
     True
     """
+    return export_model(model, out_dir, step=step, max_seq_length=max_seq_length,
+                        query_instruction=query_instruction, peft=peft, base_model=base_model)[0]
+
+
+def export_model(model, out_dir, *, step=None, max_seq_length=512, query_instruction="", peft=False,
+                 base_model=None, names=("peft", "query_instruction")) -> tuple[pathlib.Path, str]:
+    """`export`, for it and `e5jax export` alike: (the folder written, the base model recorded).
+    `names`: what the caller calls the two decoder options, for its one-line refusals.
+    A workdir's options are checked from its config.json, before the (slow) restore."""
     from e5jax.export import check_output, export_peft
     from e5jax.export import export as write
     from e5jax.loading import load
@@ -112,31 +121,51 @@ def export(model, out_dir: str | os.PathLike, *, step: int | None = None,
     is_path = isinstance(model, (str, os.PathLike))
     if step is not None and not is_path:
         raise E5Error("export: step picks a checkpoint of a workdir; it does not apply to a loaded Encoder")
-    if peft and query_instruction:
-        raise E5Error("export: query_instruction sets the merged export's query prompt; a peft adapter folder "
-                      "has no prompts: give one of the two")
-    check_output(out_dir)  # before the (slow) restore
-    if base_model is None:
-        base_model = _workdir_init(model) if is_path else ""
+    check_output(out_dir)
+    cfg = _workdir_config(model) if is_path else None
+    name = str(model) if is_path else (model.name or "this model")
+    if cfg is not None:
+        from e5jax.train.state import model_family
+
+        _refuse(peft, query_instruction, names, name, decoder=model_family(cfg) == "decoder",
+                lora=cfg.model.lora_rank > 0)
+        base_model = cfg.model.init if base_model is None else base_model
+    else:
+        _refuse(peft, query_instruction, names, name)
     encoder = load(model, step=step) if is_path else model
-    if peft or query_instruction:
+    if cfg is None and (peft or query_instruction):  # an export folder or an Encoder: known once loaded
         from e5jax.decoder_export import is_decoder, lora_spec
 
-        what = "peft" if peft else "query_instruction"
-        if not is_decoder(encoder.model):
-            raise E5Error(f"export: {what} is for decoder embedders (model.family=decoder); "
-                          f"{encoder.name or 'this'} is a BERT-family model: export it without {what}")
-        if peft and lora_spec(encoder.model).rank == 0:
-            raise E5Error(f"export: peft writes LoRA adapters; {encoder.name or 'this model'} has none "
-                          "(model.lora_rank = 0): export the merged weights, without peft")
+        decoder = is_decoder(encoder.model)
+        _refuse(peft, query_instruction, names, name, decoder=decoder,
+                lora=decoder and lora_spec(encoder.model).rank > 0)
+    base_model = base_model or ""
     if peft:
-        return export_peft(encoder.model, out_dir, base_model=base_model, tokenizer=encoder.tokenizer)
+        return export_peft(encoder.model, out_dir, base_model=base_model, tokenizer=encoder.tokenizer), base_model
     return write(encoder.model, encoder.tokenizer, out_dir, max_seq_length=max_seq_length,
-                 query_instruction=query_instruction)
+                 query_instruction=query_instruction), base_model
 
 
-def _workdir_init(path) -> str:
-    """The base model a training workdir started from (`model.init`), "" for an export folder."""
+def _refuse(peft: bool, query_instruction: str, names, model: str, *, decoder: bool | None = None,
+            lora: bool = False) -> None:
+    """One-line refusals of the decoder options where they do not apply (`decoder` None: not known yet)."""
+    peft_name, instruction_name = names
+    if peft and query_instruction:
+        raise E5Error(f"{instruction_name} sets the merged export's query prompt; a {peft_name} adapter folder "
+                      "has no prompts: give one of the two")
+    if decoder is None or not (peft or query_instruction):
+        return
+    what = peft_name if peft else instruction_name
+    if not decoder:
+        raise E5Error(f"{what} is for decoder embedders (model.family=decoder); {model} is a BERT-family model: "
+                      f"export it without {what}")
+    if peft and not lora:
+        raise E5Error(f"{peft_name} writes LoRA adapters; {model} has none (model.lora_rank = 0): export the "
+                      f"merged weights, without {peft_name}")
+
+
+def _workdir_config(path):
+    """A training workdir's Config, None for an export folder."""
     from e5jax.train.state import is_workdir, workdir_config
 
-    return workdir_config(path).model.init if is_workdir(path) else ""
+    return workdir_config(path) if is_workdir(path) else None

@@ -277,9 +277,18 @@ def test_python_export_takes_the_decoder_options(workdir, exported, tmp_path):
 
     adapter = e5jax.export(e5jax.load(workdir), tmp_path / "adapter", peft=True, base_model="BASE")
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "BASE"
-    from_wd = e5jax.export(workdir, tmp_path / "adapter2", peft=True)
-    init = json.loads((workdir / "config.json").read_text())["model"]["init"] or None  # "" = random init
-    assert json.loads((from_wd / "adapter_config.json").read_text())["base_model_name_or_path"] == init
+    # A workdir whose run started from a base folder: that folder is recorded by default.
+    import shutil
+
+    base = tmp_path / "base"
+    base.mkdir()
+    shutil.copy(ROOT / "configs" / "tiny_decoder.json", base / "config.json")
+    run = shutil.copytree(workdir, tmp_path / "run_from_base")
+    conf = json.loads((run / "config.json").read_text())
+    conf["model"]["init"] = str(base)
+    (run / "config.json").write_text(json.dumps(conf))
+    from_wd = e5jax.export(run, tmp_path / "adapter2", peft=True)
+    assert json.loads((from_wd / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
     x, y = load_file(str(adapter / "adapter_model.safetensors")), load_file(str(from_wd / "adapter_model.safetensors"))
     assert x.keys() == y.keys() and len(x) == 2 * 7 * 2 and all(np.array_equal(x[k], y[k]) for k in x)
 

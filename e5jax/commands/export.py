@@ -10,7 +10,6 @@ model the run started from (`peft.PeftModel.from_pretrained(AutoModel.from_pretr
 from __future__ import annotations
 
 from e5jax.commands import add_query_instruction
-from e5jax.errors import E5Error
 
 
 def add_arguments(p):
@@ -25,42 +24,12 @@ def add_arguments(p):
                                   'prompt "Instruct: TASK\\nQuery: " (default: a web-search task)')
 
 
-def _refuse(args, *, decoder: bool, lora: bool) -> None:
-    flag = "--peft" if args.peft else "--query-instruction"
-    if not decoder:
-        raise E5Error(f"{flag} is for decoder embedders (model.family=decoder); {args.workdir} is a BERT-family "
-                      f"model: export it without {flag}")
-    if args.peft and not lora:
-        raise E5Error(f"--peft writes LoRA adapters; {args.workdir} has none (model.lora_rank = 0): "
-                      "export the merged weights, without --peft")
-
-
-def check_flags(args) -> str:
-    """--peft / --query-instruction refused in one line where they do not apply, from the
-    workdir's config.json (before the slow restore). Returns the run's base model folder
-    (`model.init`, recorded in a PEFT adapter_config.json) or ""."""
-    if args.peft and args.query_instruction:
-        raise E5Error("--query-instruction sets the merged export's query prompt; a --peft adapter folder "
-                      "has no prompts: give one of the two")
-    if not (args.peft or args.query_instruction):
-        return ""
-    from e5jax.train.state import is_workdir, model_family, workdir_config
-
-    if not is_workdir(args.workdir):
-        return ""  # an exported folder: checked on the loaded model
-    cfg = workdir_config(args.workdir)
-    _refuse(args, decoder=model_family(cfg) == "decoder", lora=cfg.model.lora_rank > 0)
-    return cfg.model.init
-
-
 def run(args) -> int:
-    from e5jax.api import export
-    from e5jax.export import check_output
+    from e5jax.api import export_model
 
-    check_output(args.output)  # before the (slow) restore
-    base_model = check_flags(args)  # an export folder's flags are checked on the loaded model, by api.export
-    out = export(args.workdir, args.output, step=args.step, max_seq_length=args.max_seq_length,
-                 query_instruction=args.query_instruction, peft=args.peft, base_model=base_model or None)
+    out, base_model = export_model(args.workdir, args.output, step=args.step, max_seq_length=args.max_seq_length,
+                                   query_instruction=args.query_instruction, peft=args.peft,
+                                   names=("--peft", "--query-instruction"))
     if args.peft:
         print(f"exported the LoRA adapters to {out}")
         print("load them with:\n" + peft_snippet(out, base_model))

@@ -26,10 +26,14 @@ def ensure_eos(tok, where: str = "the tokenizer"):
     if tok.eos_token is None or tok.eos_token_id is None:
         raise E5Error(f"{where} has no eos_token; last-token pooling (model.pooling='last') pools the EOS "
                       "appended to each text: set eos_token in its tokenizer_config.json")
+    head = tok(_PROBE)["input_ids"][:1]  # the BOS, where the tokenizer adds one, must stay first
+
+    def right() -> bool:
+        return appends_eos(tok) and tok(_PROBE)["input_ids"][:1] == head
+
     if appends_eos(tok):
         return tok
-    ids = tok(_PROBE)["input_ids"]
-    had_bos = bool(ids) and tok.bos_token_id is not None and ids[0] == tok.bos_token_id
+    had_bos = tok.bos_token_id is not None and head == [tok.bos_token_id]
     if hasattr(tok, "add_eos_token"):  # Llama / Mistral tokenizers: the flag persists in tokenizer_config.json
         try:
             tok.add_eos_token = True
@@ -37,16 +41,15 @@ def ensure_eos(tok, where: str = "the tokenizer"):
                 tok.add_bos_token = had_bos
         except (AttributeError, TypeError, ValueError):
             pass
-    starts = tok(_PROBE)["input_ids"][:1] == ids[:1]
-    if not (appends_eos(tok) and starts) and getattr(tok, "is_fast", False):
+    if not right() and getattr(tok, "is_fast", False):  # any fast tokenizer: its post-processor
         from tokenizers import processors
 
         bos, eos = tok.bos_token, tok.eos_token
-        head = f"{bos} " if had_bos else ""
+        prefix = f"{bos} " if had_bos else ""
         special = [(eos, tok.eos_token_id)] + ([(bos, tok.bos_token_id)] if had_bos else [])
         tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{head}$A {eos}", pair=f"{head}$A {eos} $B {eos}", special_tokens=special)
-    if not appends_eos(tok) or tok(_PROBE)["input_ids"][:1] != ids[:1]:
+            single=f"{prefix}$A {eos}", pair=f"{prefix}$A {eos} $B {eos}", special_tokens=special)
+    if not right():
         raise E5Error(f"{where} does not append its EOS ({tok.eos_token!r}) and e5jax cannot make it: use a fast "
                       "(tokenizer.json) tokenizer, or one whose post-processor appends the EOS")
     return tok
