@@ -9,6 +9,7 @@ complete, so a crash mid-save never damages the previous checkpoint.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,8 +34,42 @@ def _bound_gcs_retries() -> None:
         ctx["gcs_request_retries"] = {"max_retries": int(n)}
 
 
+def _is_orphaned_loop_callback(unraisable) -> bool:
+    """A tensorstore operation finishing after orbax closed the event loop it was
+    awaited on: orbax runs each save on a private loop and closes it as soon as one
+    write fails, and every other write still in flight then reports
+    `RuntimeError: Event loop is closed` from a tensorstore thread. Nothing waits
+    for those results; printed, they are hundreds of lines of traceback that bury
+    (and, written from other threads, can split) the run's one-line error."""
+    if unraisable.exc_type is not RuntimeError or str(unraisable.exc_value) != "Event loop is closed":
+        return False
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quiet_orphaned_loop_callbacks() -> None:
+    """Drop only those reports (sys.unraisablehook: tensorstore's C++ threads have
+    no Python caller to raise into); every other unraisable error goes on to the
+    hook that was there before."""
+    if getattr(sys.unraisablehook, "_e5jax", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_orphaned_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook._e5jax = True
+    sys.unraisablehook = hook
+
+
 def manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
     _bound_gcs_retries()
+    _quiet_orphaned_loop_callbacks()
     # orbax wants absolute paths; local relative workdirs (the common case) are resolved.
     path = (epath.Path(workdir) if is_url(workdir) else epath.Path(workdir).resolve()) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
