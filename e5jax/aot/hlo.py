@@ -256,3 +256,59 @@ def parse_hlo(text: str) -> dict[str, dict]:
             if "target" in info:
                 current["ops"].add("custom-call:" + info["target"])
     return {"instrs": instrs, "comps": comps}
+
+
+# ------------------------------------------------------------------ HBM traffic
+
+# Instructions that move no data of their own (aliases, control flow, tuple plumbing).
+_NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant", "while", "call", "conditional",
+               "after-all", "partition-id", "replica-id", "opt-barrier"}
+SCOPES = ("dropout", "attention", "mlp", "layer_norm", "rms_norm", "embeddings", "lora", "loss", "optimizer")
+
+
+def hbm_traffic(hlo: str) -> dict:
+    """HBM bytes per step of a compiled program: every top-level instruction's operand +
+    result bytes (what XLA's cost model counts for a fusion; fusion bodies and reducers run
+    in on-chip memory and count nothing), times the runs of its computation per step
+    (`multiplicity`). XLA's own "bytes accessed" counts a while body once; this counts it
+    per trip. Returns {"bytes", "bytes_once" (each instruction once), "by_scope"
+    {(named scope, "fwd"|"bwd"): bytes}, "by_op" {opcode: bytes}, "by_array"
+    {("read"|"written", dtype, shape): bytes}}."""
+    import collections
+
+    comps = computations(hlo)
+    mult, _ = multiplicity(comps)
+    types, inner = {}, set()
+    for _, body in comps:
+        for line in body:
+            ins = instruction(line)
+            if ins:
+                types[ins[0]] = ins[1]
+                inner.update(v for k, v in CALLEE.findall(ins[3]) if k in ("calls", "to_apply"))
+    by_scope, by_op, by_array = collections.Counter(), collections.Counter(), collections.Counter()
+    once = 0
+    for cname, body in comps:
+        m = mult.get(cname, 0)
+        if cname in inner:
+            continue
+        for line in body:
+            ins = instruction(line)
+            if not ins or ins[2] in _NO_TRAFFIC:
+                continue
+            _, typ, op, rest = ins
+            out = arrays(typ)
+            operands = [a for o in _names(_args(rest)) for a in arrays(types.get(o, ""))]
+            n = OPNAME.search(rest)
+            name = n.group("n") if n else ""
+            scope = next((s for s in SCOPES if f"/{s}/" in name or name.endswith("/" + s)), "other")
+            b = nbytes(out) + nbytes(operands)
+            once += b
+            if not m:
+                continue
+            by_scope[(scope, "bwd" if "transpose(" in name else "fwd")] += b * m
+            by_op[op] += b * m
+            for role, arrs in (("written", out), ("read", operands)):
+                for a in arrs:
+                    by_array[(role, a[0], a[1])] += nbytes([a]) * m
+    return {"bytes": sum(by_scope.values()), "bytes_once": once, "by_scope": by_scope, "by_op": by_op,
+            "by_array": by_array}

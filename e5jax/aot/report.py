@@ -15,7 +15,7 @@ import math
 import re
 
 from e5jax.aot.build import Compiled
-from e5jax.aot.hlo import COLLECTIVES, arrays as _arrays, computations as _computations, matmul_flops
+from e5jax.aot.hlo import COLLECTIVES, arrays as _arrays, computations as _computations, hbm_traffic, matmul_flops
 from e5jax.aot.hlo import multiplicity as _multiplicity, nbytes as _nbytes
 
 _OP = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.+?) (" + "|".join(COLLECTIVES) + r")(-start)?\(")
@@ -230,6 +230,7 @@ def analyse(c: Compiled, *, steps: int | None = None) -> dict:
     text = c.compiled.as_text()
     coll = collectives(text, s.chips)
     dots = matmul_flops(text)
+    traffic = hbm_traffic(text)
     f = flops(c)
     compiled_flops = float(cost.get("flops", 0.0))
     hbm_bytes = float(cost.get("bytes accessed", 0.0))
@@ -252,7 +253,10 @@ def analyse(c: Compiled, *, steps: int | None = None) -> dict:
                   "loop_aware_flops_per_chip": float(dots["flops"]),
                   "loop_aware_once_flops_per_chip": float(dots["flops_once"]),
                   "loop_aware_over_expected": dots["flops"] / (f["expected_flops"] / s.chips),
-                  "loop_aware_over_model": dots["flops"] / model_chip},
+                  "loop_aware_over_model": dots["flops"] / model_chip,
+                  # operand + result bytes of each top-level instruction, times its runs per step
+                  "hbm_bytes_loop_aware": float(traffic["bytes"]),
+                  "hbm_bytes_loop_aware_once": float(traffic["bytes_once"])},
         "collectives": coll["by_kind"],
         "collective_arrays": coll["arrays"],
         "while_loops": coll["loops"],
@@ -269,21 +273,23 @@ def roofline(r: dict, chip, steps: int) -> dict:
     """Step time bounds per chip: FLOPs at the bf16 peak, HBM bytes at its bandwidth, ring
     traffic of the collectives at the ICI bandwidth of one torus axis (both directions), all
     overlapped (the step takes the longest). XLA's cost analysis counts a while loop's body
-    once: where the step has loops (gradient caching's scans), FLOPs are the loop-aware count of
-    the program's dots and convolutions (`hlo.matmul_flops`; elementwise work left out), and
-    HBM bytes, which only XLA counts, are scaled by the loops' factor on those dots (loop-aware
-    over each-op-once): an estimate, flagged `estimated`."""
+    once, so both sides are counted from the program itself, each op times the runs of its
+    computation per step: FLOPs of its dots and convolutions (`hlo.matmul_flops`; elementwise
+    work left out) where the step has loops (gradient caching's scans), else XLA's count; HBM
+    bytes as each top-level instruction's operands + result (`hlo.hbm_traffic`, XLA's model of
+    a fusion's traffic). `loop_scale` is what the loops multiply the HBM bytes by."""
     f = r["flops"]
-    compiled, bytes_ = f["compiled_flops_per_chip"], f["hbm_bytes_accessed"]
+    compiled = f["compiled_flops_per_chip"]
     loop_aware, once = f.get("loop_aware_flops_per_chip", 0.0), f.get("loop_aware_once_flops_per_chip", 0.0)
-    estimated = bool(r["while_loops"]) and loop_aware > once > 0
-    scale = loop_aware / once if estimated else 1.0
+    loops = bool(r["while_loops"]) and loop_aware > once > 0
+    bytes_ = f["hbm_bytes_loop_aware"]
+    scale = bytes_ / f["hbm_bytes_loop_aware_once"] if f["hbm_bytes_loop_aware_once"] else 1.0
     traffic = sum(k["traffic_bytes"] for k in r["collectives"].values())
     ring_bw = chip.ici_bw * 2 / chip.ici_ports
-    times = {"compute_s": (loop_aware if estimated else compiled) / chip.peak_flops,
-             "hbm_s": bytes_ * scale / chip.hbm_bw, "ici_s": traffic / ring_bw}
+    times = {"compute_s": (loop_aware if loops else compiled) / chip.peak_flops,
+             "hbm_s": bytes_ / chip.hbm_bw, "ici_s": traffic / ring_bw}
     step_s = max(times.values())
-    return {**times, "step_s": step_s, "bound": max(times, key=times.get)[:-2], "estimated": estimated,
+    return {**times, "step_s": step_s, "bound": max(times, key=times.get)[:-2], "loops": loops,
             "loop_scale": scale, "steps": steps, "run_s": step_s * steps,
             "mfu_bound": f["model_flops_per_chip"] / chip.peak_flops / step_s,
             "peak_flops": chip.peak_flops, "hbm_bw": chip.hbm_bw, "ici_ring_bw": ring_bw}
@@ -328,8 +334,8 @@ def format_report(r: dict) -> str:
         f"roofline per step: compute {_dur(ro['compute_s'])}, HBM {_dur(ro['hbm_s'])}, ICI {_dur(ro['ici_s'])} "
         f"-> {_dur(ro['step_s'])} ({ro['bound']}-bound); {ro['steps']:,} steps {_dur(ro['run_s'])}; "
         f"MFU bound {ro['mfu_bound']:.1%}"
-        + (f" (loops: FLOPs loop-aware (dots), HBM bytes x{ro['loop_scale']:.2f}, estimated)"
-           if ro["estimated"] else ""),
+        + (f" (loops: FLOPs loop-aware (dots), HBM bytes loop-aware, x{ro['loop_scale']:.2f} each op once)"
+           if ro["loops"] else ""),
     ]
     return "\n".join(lines)
 

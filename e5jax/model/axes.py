@@ -111,6 +111,13 @@ def axis_rules(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def active_platform() -> str | None:
+    """The platform of the mesh being traced for ("tpu", "gpu", "cpu"), None outside
+    `axis_rules`. The target, not the host: `e5jax compile` traces on a CPU for TPU devices."""
+    active = _ACTIVE.get()
+    return None if active is None else active[0].devices.flat[0].platform
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical names; a no-op outside `axis_rules`."""
     active = _ACTIVE.get()

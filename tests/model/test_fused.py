@@ -76,3 +76,21 @@ def test_fused_ops_compose_under_jit_grad_and_remat():
 
     g = jax.jit(jax.grad(jax.checkpoint(f)))(x)
     np.testing.assert_allclose(g, jax.grad(f_ref)(x), rtol=1e-4, atol=1e-7)
+
+
+def test_gelu_backward_keeps_the_upcast_in_its_consumers_on_tpu(monkeypatch):
+    """For a TPU target the bf16 GELU backward puts an optimization barrier on its input
+    (so XLA cannot share one materialised fp32 copy of it between consumers); the
+    gradient is bit-identical to the CPU form's."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32)), jnp.bfloat16)
+    out, jaxprs = {}, {}
+    for platform in (None, "tpu"):
+        monkeypatch.setattr(fused, "active_platform", lambda: platform)
+        jax.clear_caches()  # the platform is read at trace time
+        grad = lambda v: jax.grad(lambda t: jnp.sum(fused.gelu(t).astype(jnp.float32) * 1.5))(v)  # noqa: E731
+        out[platform] = np.asarray(jax.jit(grad)(x), np.float32)
+        jaxprs[platform] = jax.jit(grad).lower(x).as_text()  # the backward is traced at lowering
+    assert "optimization_barrier" in jaxprs["tpu"] and "optimization_barrier" not in jaxprs[None]
+    np.testing.assert_array_equal(out["tpu"], out[None])
+    # fp32 has no upcast to keep: no barrier
+    assert "optimization_barrier" not in jax.jit(grad).lower(x.astype(jnp.float32)).as_text()

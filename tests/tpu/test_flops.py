@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from e5jax.aot.hlo import conv_flops, matmul_flops
+from e5jax.aot.hlo import conv_flops, hbm_traffic, matmul_flops
 from tests.tpu.test_compile import compile_cli, needs_libtpu
 
 # Same model, batch and packing; only gradient caching differs (4 chunks of 8, last kept).
@@ -41,9 +41,15 @@ def test_loop_aware_flops_of_the_gradient_cached_step(tmp_path_factory, topology
     assert 0.7 < fp["loop_aware_flops_per_chip"] / fp["compiled_flops_per_chip"] <= 1.0
     # Ignoring the trip counts (each op once, as XLA's cost analysis does) misses >10%.
     assert fc["loop_aware_once_flops_per_chip"] / fc["expected_flops_per_chip"] < 0.9
-    # The roofline takes the loop-aware count.
+    # The roofline takes the loop-aware counts, FLOPs and HBM bytes.
     ro = cached["roofline"]
-    assert ro["estimated"] and ro["compute_s"] == pytest.approx(fc["loop_aware_flops_per_chip"] / ro["peak_flops"])
+    assert ro["loops"] and ro["compute_s"] == pytest.approx(fc["loop_aware_flops_per_chip"] / ro["peak_flops"])
+    assert ro["hbm_s"] == pytest.approx(fc["hbm_bytes_loop_aware"] / ro["hbm_bw"])
+    # HBM bytes: the loops multiply the bytes of their bodies; without loops the count is each
+    # op once, and near XLA's own "bytes accessed" (the same per-fusion model of traffic).
+    assert fc["hbm_bytes_loop_aware"] > 1.5 * fc["hbm_bytes_loop_aware_once"]
+    assert fp["hbm_bytes_loop_aware"] == fp["hbm_bytes_loop_aware_once"]
+    assert 0.7 < fp["hbm_bytes_loop_aware"] / fp["hbm_bytes_accessed"] < 1.3, fp
 
 
 # ------------------------------------------------------------ no libtpu needed
@@ -70,8 +76,8 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
   %a = f32[4,8]{1,0} parameter(0)
   %b = f32[8,16]{1,0} parameter(1)
   %d = f32[4,16]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
-  %w = (s32[], f32[8,16]) while(%t0), condition=%cond, body=%body
-  ROOT %r = f32[8,16] get-tuple-element(%w), index=1
+  %loop = (s32[], f32[8,16]) while(%t0), condition=%cond, body=%body
+  ROOT %r = f32[8,16] get-tuple-element(%loop), index=1
 }
 """
 
@@ -82,6 +88,16 @@ def test_matmul_flops_multiplies_loop_bodies_by_their_trip_count():
     assert r["ops"] == 2
     assert r["flops_once"] == dot + conv
     assert r["flops"] == dot + 3 * conv
+
+
+def test_hbm_traffic_counts_top_level_operands_and_results_per_trip():
+    r = hbm_traffic(HLO)
+    fusion = 4 * 8 * 16 + 2 * 8 * 32 + 2 * 32 * 16  # f32 result + its two bf16 operands; its body is on-chip
+    dot = 4 * 4 * 16 + 4 * 4 * 8 + 4 * 8 * 16
+    compare = 1 + 4 + 4  # the loop condition's i < 3, counted as often as its caller runs
+    assert r["bytes_once"] == dot + fusion + compare
+    assert r["bytes"] == dot + 3 * fusion + compare
+    assert r["by_array"][("written", "f32", (8, 16))] == 3 * 4 * 8 * 16
 
 
 def test_conv_flops_counts_only_real_taps_of_a_base_dilated_window():
