@@ -1,12 +1,14 @@
 """Where a compiled TPU train step's HBM bytes go, by model scope.
 
-`e5jax compile` reports one HBM figure per step (`e5jax.aot.hlo.hbm_traffic`:
-every top-level instruction's operand + result bytes, times its runs per step).
-This script compiles the same step (deviceless, libtpu on PYTHONPATH) and splits
-that figure by the named scope its ops came from (attention, mlp, layer_norm,
-...), forward or backward, by opcode, and by the arrays moved. It found the two
+`e5jax compile` reports one HBM figure per step: XLA's cost analysis, whose
+while-loop bodies count once, times the loops' factor on the program's traffic
+(`e5jax.aot.hlo.hbm_traffic`: every top-level instruction's operand + result
+bytes, times its runs per step). This script compiles the same step (deviceless,
+libtpu on PYTHONPATH) and splits that traffic by the named scope its ops came
+from (attention, mlp, layer_norm, ...), forward or backward, by opcode, and by
+the arrays moved. It found the two
 fixes of 2026-12-06 for E5-base pre-training on v4-32: the fp32 [rows, L, L]
-attention-mask bias every layer re-read (now a boolean mask) and the fp32 copy of
+attention-mask bias every layer re-read (now bf16 in bf16 models) and the fp32 copy of
 the GELU input XLA materialised (now kept inside each consumer, `fused.gelu`).
 
     PYTHONPATH=.venv/libtpu JAX_PLATFORMS=cpu .venv/bin/python benchmarks/hbm_breakdown.py \\

@@ -268,10 +268,11 @@ SCOPES = ("dropout", "attention", "mlp", "layer_norm", "rms_norm", "embeddings",
 
 def hbm_traffic(hlo: str) -> dict:
     """HBM bytes per step of a compiled program: every top-level instruction's operand +
-    result bytes (what XLA's cost model counts for a fusion; fusion bodies and reducers run
-    in on-chip memory and count nothing), times the runs of its computation per step
-    (`multiplicity`). XLA's own "bytes accessed" counts a while body once; this counts it
-    per trip. Returns {"bytes", "bytes_once" (each instruction once), "by_scope"
+    result bytes (fusion bodies and reducers run in on-chip memory and count nothing), times
+    the runs of its computation per step (`multiplicity`). XLA's own "bytes accessed" counts
+    a while body once; this counts it per trip, but takes whole operands where a fusion reads
+    part of one (a gather, a slice), so it runs above XLA's: the roofline uses its ratio,
+    per trip over once, as the loops' factor. Returns {"bytes", "bytes_once" (each instruction once), "by_scope"
     {(named scope, "fwd"|"bwd"): bytes}, "by_op" {opcode: bytes}, "by_array"
     {("read"|"written", dtype, shape): bytes}}."""
     import collections

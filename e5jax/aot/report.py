@@ -273,17 +273,18 @@ def roofline(r: dict, chip, steps: int) -> dict:
     """Step time bounds per chip: FLOPs at the bf16 peak, HBM bytes at its bandwidth, ring
     traffic of the collectives at the ICI bandwidth of one torus axis (both directions), all
     overlapped (the step takes the longest). XLA's cost analysis counts a while loop's body
-    once, so both sides are counted from the program itself, each op times the runs of its
-    computation per step: FLOPs of its dots and convolutions (`hlo.matmul_flops`; elementwise
-    work left out) where the step has loops (gradient caching's scans), else XLA's count; HBM
-    bytes as each top-level instruction's operands + result (`hlo.hbm_traffic`, XLA's model of
-    a fusion's traffic). `loop_scale` is what the loops multiply the HBM bytes by."""
+    once. Where the step has loops (gradient caching's scans), FLOPs are the loop-aware count
+    of the program's dots and convolutions (`hlo.matmul_flops`; elementwise work left out),
+    and HBM bytes are XLA's count times the loops' factor on the program's own traffic
+    (`hlo.hbm_traffic`: each top-level instruction's operands + result, per run over once),
+    `loop_scale`. Without loops both are XLA's."""
     f = r["flops"]
     compiled = f["compiled_flops_per_chip"]
     loop_aware, once = f.get("loop_aware_flops_per_chip", 0.0), f.get("loop_aware_once_flops_per_chip", 0.0)
     loops = bool(r["while_loops"]) and loop_aware > once > 0
-    bytes_ = f["hbm_bytes_loop_aware"]
-    scale = bytes_ / f["hbm_bytes_loop_aware_once"] if f["hbm_bytes_loop_aware_once"] else 1.0
+    once_bytes = f["hbm_bytes_loop_aware_once"]
+    scale = f["hbm_bytes_loop_aware"] / once_bytes if loops and once_bytes else 1.0
+    bytes_ = f["hbm_bytes_accessed"] * scale
     traffic = sum(k["traffic_bytes"] for k in r["collectives"].values())
     ring_bw = chip.ici_bw * 2 / chip.ici_ports
     times = {"compute_s": (loop_aware if loops else compiled) / chip.peak_flops,
@@ -334,7 +335,8 @@ def format_report(r: dict) -> str:
         f"roofline per step: compute {_dur(ro['compute_s'])}, HBM {_dur(ro['hbm_s'])}, ICI {_dur(ro['ici_s'])} "
         f"-> {_dur(ro['step_s'])} ({ro['bound']}-bound); {ro['steps']:,} steps {_dur(ro['run_s'])}; "
         f"MFU bound {ro['mfu_bound']:.1%}"
-        + (f" (loops: FLOPs loop-aware (dots), HBM bytes loop-aware, x{ro['loop_scale']:.2f} each op once)"
+        + (f" (loops: FLOPs loop-aware (dots), XLA's HBM bytes x{ro['loop_scale']:.2f}, the loops' factor on "
+           "the program's traffic)"
            if ro["loops"] else ""),
     ]
     return "\n".join(lines)

@@ -30,6 +30,15 @@ CRASH = ("libtpu's TPU compiler crashed (stack overflow in FusedSpatialMajorConv
          "seen with model.remat on v4 and with model.row_blocks > 1 under gradient caching)")
 
 
+def crash_cause(returncode: int, stderr: str) -> str:
+    """What killed the compile's child process, in words."""
+    if "MakeConvWindows" in stderr:
+        return CRASH
+    if "STACK OVERFLOW" in stderr:  # the same overflow without symbols: SIGSEGV, then SIGABRT
+        return "libtpu's TPU compiler crashed (stack overflow)"
+    return f"the compile died (signal {-returncode if returncode < 0 else returncode - 128})"
+
+
 def _in_child(argv: list[str]) -> int:
     """Run this compile in a child process; a compiler crash becomes one line."""
     import os
@@ -39,8 +48,8 @@ def _in_child(argv: list[str]) -> int:
     proc = subprocess.run([sys.executable, "-m", "e5jax.cli", "compile", *argv],
                           env={**os.environ, "E5JAX_COMPILE_CHILD": "1"}, stderr=subprocess.PIPE, text=True)
     if proc.returncode < 0 or proc.returncode >= 128:
-        cause = CRASH if "MakeConvWindows" in proc.stderr else f"the compile died (signal {-proc.returncode})"
-        print(f"e5jax compile: {cause}; try --set model.remat=false or another slice", file=sys.stderr)
+        print(f"e5jax compile: {crash_cause(proc.returncode, proc.stderr)}; try --set model.remat=false or "
+              "another slice", file=sys.stderr)
         return 1
     sys.stderr.write("\n".join(line for line in proc.stderr.splitlines() if not line.startswith(("W0000", "I0000")))
                      + ("\n" if proc.stderr.strip() else ""))

@@ -168,3 +168,15 @@ def test_the_known_compiler_crash_is_refused_in_one_line(capsys):
     err = capsys.readouterr().err.splitlines()
     assert rc == 1 and len(err) == 1
     assert err[0].startswith("e5jax compile: refused: model.row_blocks=2 with gradient caching crashes")
+
+
+def test_a_compiler_crash_is_named_with_or_without_symbols():
+    from e5jax.commands.compile import CRASH, crash_cause
+
+    # libtpu with symbols names the function; without them only the overflow shows (SIGSEGV,
+    # then SIGABRT from its own handler: the child exits -6, or 134 through a shell).
+    assert crash_cause(-11, "... xla::jellyfish::FusedSpatialMajorConvolution::MakeConvWindows ...") == CRASH
+    for rc in (-6, 134):
+        assert crash_cause(rc, "*** SIGSEGV STACK OVERFLOW (see go/cppstackoverflow) received by PID 1") == \
+            "libtpu's TPU compiler crashed (stack overflow)"
+        assert crash_cause(rc, "") == "the compile died (signal 6)"

@@ -44,12 +44,17 @@ def test_loop_aware_flops_of_the_gradient_cached_step(tmp_path_factory, topology
     # The roofline takes the loop-aware counts, FLOPs and HBM bytes.
     ro = cached["roofline"]
     assert ro["loops"] and ro["compute_s"] == pytest.approx(fc["loop_aware_flops_per_chip"] / ro["peak_flops"])
-    assert ro["hbm_s"] == pytest.approx(fc["hbm_bytes_loop_aware"] / ro["hbm_bw"])
-    # HBM bytes: the loops multiply the bytes of their bodies; without loops the count is each
-    # op once, and near XLA's own "bytes accessed" (the same per-fusion model of traffic).
-    assert fc["hbm_bytes_loop_aware"] > 1.5 * fc["hbm_bytes_loop_aware_once"]
+    factor = fc["hbm_bytes_loop_aware"] / fc["hbm_bytes_loop_aware_once"]
+    assert ro["loop_scale"] == pytest.approx(factor)
+    assert ro["hbm_s"] == pytest.approx(fc["hbm_bytes_accessed"] * factor / ro["hbm_bw"])
+    assert plain["roofline"]["hbm_s"] == pytest.approx(fp["hbm_bytes_accessed"] / ro["hbm_bw"])
+    # HBM bytes: the loops multiply the bytes of their bodies (the tiny model's optimizer update
+    # outside them weighs a lot); without loops the count is each op once. It takes a fusion's
+    # whole operands where XLA counts the part read (a gather from the word table, a slice), so
+    # it runs above XLA's "bytes accessed": the roofline takes only its loop factor.
+    assert fc["hbm_bytes_loop_aware"] > 1.1 * fc["hbm_bytes_loop_aware_once"]
     assert fp["hbm_bytes_loop_aware"] == fp["hbm_bytes_loop_aware_once"]
-    assert 0.7 < fp["hbm_bytes_loop_aware"] / fp["hbm_bytes_accessed"] < 1.3, fp
+    assert 0.7 < fp["hbm_bytes_loop_aware"] / fp["hbm_bytes_accessed"] < 2.0, fp
 
 
 # ------------------------------------------------------------ no libtpu needed
