@@ -12,6 +12,7 @@ are counted tap by tap over its window.
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 
@@ -269,14 +270,14 @@ SCOPES = ("dropout", "attention", "mlp", "layer_norm", "rms_norm", "embeddings",
 def hbm_traffic(hlo: str) -> dict:
     """HBM bytes per step of a compiled program: every top-level instruction's operand +
     result bytes (fusion bodies and reducers run in on-chip memory and count nothing), times
-    the runs of its computation per step (`multiplicity`). XLA's own "bytes accessed" counts
-    a while body once; this counts it per trip, but takes whole operands where a fusion reads
-    part of one (a gather, a slice), so it runs above XLA's: the roofline uses its ratio,
-    per trip over once, as the loops' factor. Returns {"bytes", "bytes_once" (each instruction once), "by_scope"
+    the runs of its computation per step (`multiplicity`).
+
+    XLA's own "bytes accessed" counts a while body once; this counts it per trip, but takes
+    whole operands where a fusion reads part of one (a gather, a slice), so it runs above
+    XLA's: the roofline uses only its ratio, per trip over once, as the loops' factor.
+    Returns {"bytes", "bytes_once" (each instruction of the step once), "by_scope"
     {(named scope, "fwd"|"bwd"): bytes}, "by_op" {opcode: bytes}, "by_array"
     {("read"|"written", dtype, shape): bytes}}."""
-    import collections
-
     comps = computations(hlo)
     mult, _ = multiplicity(comps)
     types, inner = {}, set()
@@ -290,7 +291,7 @@ def hbm_traffic(hlo: str) -> dict:
     once = 0
     for cname, body in comps:
         m = mult.get(cname, 0)
-        if cname in inner:
+        if not m or cname in inner:  # not run by the step, or run on chip inside its caller
             continue
         for line in body:
             ins = instruction(line)
@@ -304,8 +305,6 @@ def hbm_traffic(hlo: str) -> dict:
             scope = next((s for s in SCOPES if f"/{s}/" in name or name.endswith("/" + s)), "other")
             b = nbytes(out) + nbytes(operands)
             once += b
-            if not m:
-                continue
             by_scope[(scope, "bwd" if "transpose(" in name else "fwd")] += b * m
             by_op[op] += b * m
             for role, arrs in (("written", out), ("read", operands)):

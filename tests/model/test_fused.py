@@ -94,3 +94,22 @@ def test_gelu_backward_keeps_the_upcast_in_its_consumers_on_tpu(monkeypatch):
     np.testing.assert_array_equal(out["tpu"], out[None])
     # fp32 has no upcast to keep: no barrier
     assert "optimization_barrier" not in jax.jit(grad).lower(x.astype(jnp.float32)).as_text()
+
+
+@pytest.mark.parametrize("dtype,bias", [("bfloat16", jnp.bfloat16), ("float16", jnp.float32), ("float32", jnp.float32)])
+def test_attention_mask_bias_dtype_and_padded_rows_stay_finite(dtype, bias):
+    """bf16 models add a bf16 mask bias (half the bytes of the [rows, L, L] array); fp16 keeps
+    fp32, where -1e9 would be -inf and a fully padded row's softmax NaN."""
+    from flax import nnx
+
+    from e5jax.model.bert import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32)
+    model = BertModel(cfg, dtype=dtype, with_pooler=False, rngs=nnx.Rngs(0))
+    assert model._bias_dtype() == bias
+    ids = jnp.asarray([[5, 6, 7, 0], [0, 0, 0, 0]], jnp.int32)  # the second row is all padding
+    seg = jnp.asarray([[1, 1, 2, 0], [0, 0, 0, 0]], jnp.int32)
+    pos = jnp.asarray([[0, 1, 0, 0], [0, 0, 0, 0]], jnp.int32)
+    for out in (model(ids, (ids > 0).astype(jnp.int32)), model(ids, None, segment_ids=seg, positions=pos)):
+        assert np.isfinite(np.asarray(out, np.float32)).all()
